@@ -1,0 +1,32 @@
+"""bpnet: layer-based neural-network training on the CPU, Caffe and Kaldi style.
+
+The public API, loaded on first use so that importing bpnet (and ``bpnet --help``) stays quick:
+
+    load_config(path, overrides)      -> resolved config (dicts)
+    build_net(cfg, n_in, dtype)       -> Net
+    open_session(cfg, source)         -> Session: config, datasets, network
+    train(config, out, overrides...)  -> (run folder, metrics rows)
+    evaluate_run(run, data)           -> {"loss", "accuracy", "n", "confusion", ...}
+    gradcheck(config, ...)            -> gradcheck.Report
+    check_net / check_layer / check_loss  (gradient checks on objects)
+"""
+
+__version__ = "0.1.0"
+
+_API = {
+    "load_config": "config", "resolve": "config", "build_net": "build", "Net": "net",
+    "open_session": "session", "evaluate": "session", "train": "api", "evaluate_run": "api",
+    "predict_file": "api", "gradcheck": "api", "check_net": "gradcheck",
+    "check_layer": "gradcheck", "check_loss": "gradcheck", "LAYERS": "layers", "LOSSES": "losses",
+    "Solver": "solver", "BpnetError": "errors",
+}
+
+
+def __getattr__(name):
+    if name in _API:
+        from importlib import import_module
+        return getattr(import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'bpnet' has no attribute {name!r}")
+
+
+__all__ = list(_API)

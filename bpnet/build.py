@@ -1,0 +1,43 @@
+"""Build a Net from a resolved config: registry lookups, sizes chained layer to layer, seeds."""
+
+import numpy as np
+
+from .errors import ConfigError
+from .layers import LAYERS
+from .losses import LOSSES
+from .net import Net
+
+
+def seeds(seed):
+    """Independent generators for initialisation, dropout masks and shuffling, from one seed."""
+    init, dropout, shuffle = np.random.SeedSequence(seed).spawn(3)
+    return np.random.default_rng(init), np.random.default_rng(dropout), np.random.default_rng(shuffle)
+
+
+def build_net(cfg, n_in=None, dtype=np.float32, source=None):
+    """The network of ``cfg`` (a resolved config) for inputs of width ``n_in``.
+
+    ``net.input`` in the config wins; otherwise ``n_in`` (from the data) must be given.
+    """
+    net_cfg = cfg["net"]
+    declared = net_cfg["input"]
+    if declared is not None and n_in is not None and declared != n_in:
+        raise ConfigError(f"found {declared}, but the data has {n_in} features per example",
+                          source=source, where="net.input")
+    width = declared or n_in
+    if width is None:
+        raise ConfigError("missing; the input width cannot be inferred without data",
+                          source=source, where="net.input")
+    init_rng, dropout_rng, _ = seeds(cfg["seed"])
+    layers = []
+    for i, layer_cfg in enumerate(net_cfg["layers"]):
+        cls = LAYERS[layer_cfg["type"]]
+        options = {k: v for k, v in layer_cfg.items() if k not in ("name", "type")}
+        rng = dropout_rng if layer_cfg["type"] == "dropout" else init_rng
+        layer = cls(layer_cfg["name"], width, options, dtype=dtype, rng=rng,
+                    where=f"net.layers[{i}]", source=source)
+        layers.append(layer)
+        width = layer.n_out
+    net = Net(layers, LOSSES[net_cfg["loss"]](width, dtype), dtype)
+    net.dropout_rng = dropout_rng  # checkpointed, so a resumed run draws the same masks
+    return net

@@ -1,0 +1,157 @@
+"""The ``bpnet`` command: thin click commands, each calling one function of ``bpnet.api``.
+
+Nothing heavy is imported at module level, so ``bpnet --help`` answers at once; numpy and
+numba load only when a command runs.
+"""
+
+import os
+import sys
+
+import click
+
+from .errors import BpnetError
+
+
+def _threads(ctx, param, value):
+    # Set before numpy loads BLAS, so the limit holds from the first product on.
+    if value:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            os.environ[var] = str(value)
+    return value
+
+
+THREADS = click.option("--threads", type=click.IntRange(min=1), callback=_threads, is_eager=True,
+                       help="BLAS threads (default: the config's threads, else all cores).")
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help="Override a config key, e.g. --set solver.lr=0.1 (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+@click.version_option(package_name="bpnet")
+@click.pass_context
+def cli(ctx, debug):
+    """bpnet: train and inspect layer-based neural networks on the CPU.
+
+    Example: bpnet train configs/mnist_mlp.yaml
+    """
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder (default runs/<name>/).")
+@SET
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Continue the run in this folder from its newest checkpoint.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@THREADS
+def train(config, out, overrides, resume, quiet, threads):
+    """Train the network of CONFIG; write metrics, config and checkpoints to the run folder.
+
+    Example: bpnet train configs/mnist_mlp.yaml --out runs/mlp --set solver.epochs=3
+    """
+    from . import api
+    run_dir, rows = api.train(config, out=out, overrides=overrides, resume=resume, quiet=quiet)
+    if not quiet and rows:
+        click.echo(f"run folder: {run_dir}")
+
+
+@cli.command(name="eval")
+@click.argument("run", type=click.Path(exists=False))
+@click.option("--data", default="test", show_default=True,
+              help="test, val, train, or a config / .npz / .csv file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@THREADS
+def eval_(run, data, as_json, threads):
+    """Loss, accuracy, per-class accuracy and confusion matrix of RUN (folder or checkpoint).
+
+    Example: bpnet eval runs/mnist_mlp --data test
+    """
+    import json
+    from . import api
+    result = api.evaluate_run(run, data)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"checkpoint {result['checkpoint']}, {result['data']}: {result['n']} examples")
+    click.echo(f"loss {result['loss']:.6f}")
+    if result.get("accuracy") is not None:
+        click.echo(f"accuracy {100 * result['accuracy']:.2f}%")
+    if "confusion" in result:
+        k = len(result["confusion"])
+        click.echo("per-class accuracy: " + "  ".join(
+            f"{i}:{'-' if a is None else f'{100 * a:.1f}%'}"
+            for i, a in enumerate(result["per_class_accuracy"])))
+        click.echo("confusion matrix (rows: true class, columns: predicted)")
+        click.echo("      " + "".join(f"{j:>7}" for j in range(k)))
+        for i, row in enumerate(result["confusion"]):
+            click.echo(f"{i:>6}" + "".join(f"{v:>7}" for v in row))
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output file, .npy or .csv.")
+def predict(run, data, out):
+    """Write predictions of RUN for DATA (a .npz, .csv or config file) to --out.
+
+    Example: bpnet predict runs/mnist_mlp configs/mnist_mlp.yaml --out predictions.csv
+    """
+    from . import api
+    table = api.predict_file(run, data, out)
+    click.echo(f"wrote {len(table)} predictions to {out}")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--random", is_flag=True, help="Random inputs and targets instead of the data.")
+@click.option("--layer", help="Check this layer alone, under L = sum(y * r).")
+@click.option("--samples", type=click.IntRange(min=1),
+              help="Check N random elements per tensor instead of all.")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True)
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@SET
+def gradcheck(config, random, layer, samples, eps, tol, seed, batch, as_json, overrides):
+    """Compare backprop gradients with central differences, in float64.
+
+    Example: bpnet gradcheck configs/mnist_mlp.yaml --samples 200
+    """
+    from . import api
+    report = api.gradcheck(config, overrides, random=random, layer=layer, samples=samples,
+                           eps=eps, tol=tol, seed=seed, batch=batch)
+    click.echo(api.report_json(report) if as_json else api.report_text(report))
+    sys.exit(0 if report.passed else 1)
+
+
+def main(argv=None):
+    """Run the CLI: user errors become one ``Error:`` line and exit status 2 (3 on divergence)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except BpnetError as e:
+        if debug:
+            raise
+        click.echo(f"{e.label}: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Stopped.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        if debug:
+            raise
+        click.echo(f"Error: {e.format_message()}" + _usage_hint(e), err=True)
+        sys.exit(2)
+
+
+def _usage_hint(e):
+    ctx = getattr(e, "ctx", None)
+    return f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+
+
+if __name__ == "__main__":
+    main()

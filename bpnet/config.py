@@ -1,0 +1,215 @@
+"""YAML config -> a validated, fully resolved config (plain dicts, every default filled in).
+
+Sections: ``name``, ``seed``, ``threads``, ``data``, ``net``, ``solver``, ``checkpoint``.
+Every error names the file, the key path (``net.layers[2].out``), what was found and what was
+expected; unknown keys and types list the valid ones.
+"""
+
+import re
+from pathlib import Path
+
+import yaml
+
+from . import spec
+from .errors import ConfigError, describe
+from .spec import Option
+
+SOLVERS = ("sgd", "nesterov", "adam")
+LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "newbob")
+FORMATS = {
+    "idx": {"images": Option(spec.text), "labels": Option(spec.text)},
+    "npz": {"path": Option(spec.text), "x": Option(spec.text, "x"), "y": Option(spec.text, "y")},
+    "csv": {"path": Option(spec.text),
+            "label": Option(spec.either(spec.integer(), spec.text,
+                                        spec.list_of(spec.either(spec.integer(), spec.text), 1))),
+            "header": Option(spec.either(spec.choice("auto"), spec.boolean), "auto"),
+            "delimiter": Option(spec.text, ",")},
+}
+
+DATA = {
+    "train": Option(spec.anything),
+    "test": Option(spec.anything, None),
+    "val": Option(spec.anything, None),
+    "val_split": Option(spec.integer(low=0), 0, doc="hold out the last N training examples"),
+    "scale": Option(spec.real(), 1.0, doc="inputs become (raw - mean) * scale"),
+    "mean": Option(spec.either(spec.real(), spec.list_of(spec.real(), 1)), 0.0),
+}
+NET = {
+    "input": Option(spec.either(spec.choice(None), spec.positive_int), None),
+    "layers": Option(spec.list_of(spec.anything, 1)),
+    "loss": Option(spec.anything),
+}
+NEWBOB = {
+    "start_halving": Option(spec.non_negative, 0.01, doc="halve once relative improvement < this"),
+    "end_halving": Option(spec.non_negative, 0.001, doc="stop once halving and improvement < this"),
+    "halving_factor": Option(spec.real(low=0, high=1, low_open=True, high_open=True), 0.5),
+    "min_epochs": Option(spec.integer(low=0), 0, doc="never stop before this many epochs"),
+    "keep_lr_epochs": Option(spec.integer(low=0), 0, doc="epochs before the first halving"),
+}
+SOLVER = {
+    "type": Option(spec.choice(*SOLVERS), "sgd"),
+    "lr": Option(spec.positive, 0.01),
+    "momentum": Option(spec.real(low=0, high=1, high_open=True), 0.0),
+    "weight_decay": Option(spec.non_negative, 0.0),
+    "batch_size": Option(spec.positive_int, 64),
+    "epochs": Option(spec.positive_int, 10),
+    "clip_norm": Option(spec.non_negative, 0.0, doc="0 turns clipping off"),
+    "iter_size": Option(spec.positive_int, 1),
+    "beta1": Option(spec.real(low=0, high=1, high_open=True), 0.9),
+    "beta2": Option(spec.real(low=0, high=1, high_open=True), 0.999),
+    "eps": Option(spec.positive, 1e-8),
+    "lr_policy": Option(spec.choice(*LR_POLICIES), "fixed"),
+    "gamma": Option(spec.positive, 0.1),
+    "stepsize": Option(spec.positive, 1.0, doc="epochs between steps (step policy)"),
+    "stepvalues": Option(spec.list_of(spec.positive, 1), [1.0]),
+    "power": Option(spec.positive, 1.0),
+    "newbob": Option(spec.anything, {}),
+    "on_nonfinite": Option(spec.choice("stop", "skip"), "stop"),
+    "shuffle": Option(spec.boolean, True),
+}
+CHECKPOINT = {
+    "every": Option(spec.positive_int, 1, doc="epochs between checkpoints"),
+    "keep": Option(spec.integer(low=0), 3, doc="newest checkpoints kept; 0 keeps all"),
+    "best": Option(spec.boolean, True, doc="also keep the best by validation loss"),
+}
+TOP = {
+    "name": Option(spec.text, None),
+    "seed": Option(spec.integer(low=0), 0),
+    "threads": Option(spec.integer(low=0), 0, doc="BLAS threads; 0 leaves the default"),
+    "data": Option(spec.anything, None),
+    "net": Option(spec.anything),
+    "solver": Option(spec.anything, {}),
+    "checkpoint": Option(spec.anything, {}),
+}
+
+
+def load_yaml(path):
+    """Read a YAML file with safe_load; errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {getattr(e, 'strerror', None) or e}", source=path) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"YAML syntax error: {problem}", source=path, where=where) from None
+
+
+def load_config(path, overrides=()):
+    """Read, override (``["solver.lr=0.1", ...]``) and validate a config file."""
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"found {describe(raw)}, expected a mapping with sections "
+                          f"{', '.join(TOP)}", source=path, where="top level")
+    for expr in overrides:
+        apply_override(raw, expr)
+    return resolve(raw, source=path, base=Path(path).resolve().parent)
+
+
+def resolve(raw, source=None, base=Path(".")):
+    """Validate a raw config mapping; data paths become absolute, relative to ``base``."""
+    from .layers import LAYERS
+    from .losses import LOSSES
+
+    cfg = spec.parse(raw, TOP, "", source)
+    if cfg["name"] is None:
+        cfg["name"] = Path(source).stem if source else "net"
+    cfg["data"] = _data(cfg["data"], source, base) if cfg["data"] is not None else None
+    net = cfg["net"] = spec.parse(cfg["net"], NET, "net", source)
+    net["layers"] = [_layer(layer, i, source, LAYERS) for i, layer in enumerate(net["layers"])]
+    names = [layer["name"] for layer in net["layers"]]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"layer name {name!r} is used twice", source=source,
+                              where=f"net.layers[{i}].name")
+    loss = net["loss"] if isinstance(net["loss"], str) else None
+    if loss not in LOSSES:
+        raise ConfigError(f"found {describe(net['loss'])}, expected a loss: one of "
+                          f"{', '.join(LOSSES)}", source=source, where="net.loss")
+    solver = cfg["solver"] = spec.parse(cfg["solver"], SOLVER, "solver", source)
+    solver["newbob"] = spec.parse(solver["newbob"], NEWBOB, "solver.newbob", source)
+    cfg["checkpoint"] = spec.parse(cfg["checkpoint"], CHECKPOINT, "checkpoint", source)
+    return cfg
+
+
+def _data(data, source, base):
+    data = spec.parse(data, DATA, "data", source)
+    for split in ("train", "test", "val"):
+        if data[split] is not None:
+            data[split] = dataset_spec(data[split], f"data.{split}", source, base)
+    return data
+
+
+def dataset_spec(value, where, source, base):
+    """Validate ``{format: idx|npz|csv, ...}``; paths are made absolute against ``base``."""
+    fmt = value.get("format") if isinstance(value, dict) else None
+    if fmt not in FORMATS:
+        raise ConfigError(f"found {describe(fmt if isinstance(value, dict) else value)}, expected "
+                          f"a dataset with format: one of {', '.join(FORMATS)}",
+                          source=source, where=f"{where}.format")
+    out = spec.parse({k: v for k, v in value.items() if k != "format"}, FORMATS[fmt], where, source)
+    for key in ("images", "labels", "path"):
+        if key in out:
+            out[key] = str((Path(base) / out[key]).resolve())
+    return {"format": fmt, **out}
+
+
+def _layer(value, i, source, registry):
+    where = f"net.layers[{i}]"
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in registry:
+        found = kind if isinstance(value, dict) else value
+        raise ConfigError(f"found {describe(found)}, expected a layer type: one of "
+                          f"{', '.join(registry)}", source=source, where=f"{where}.type")
+    name = value.get("name", f"{kind}{i}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][\w-]*", name):
+        raise ConfigError(f"found {describe(name)}, expected a name of letters, digits, _ or -",
+                          source=source, where=f"{where}.name")
+    options = {k: v for k, v in value.items() if k not in ("type", "name")}
+    return {"name": name, "type": kind,
+            **spec.parse(options, registry[kind].OPTIONS, where, source)}
+
+
+_PATH_PART = re.compile(r"([A-Za-z_]\w*)((?:\[\d+\])*)")
+
+
+def apply_override(raw, expr):
+    """Apply ``key.path[2].leaf=value`` (value read as YAML) to a raw config mapping."""
+    key, sep, text = expr.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"found {expr!r}, expected KEY=VALUE such as solver.lr=0.1",
+                          source="--set")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"value {text!r} is not valid YAML", source="--set", where=key) from None
+    steps = []
+    for part in key.strip().split("."):
+        m = _PATH_PART.fullmatch(part)
+        if not m:
+            raise ConfigError(f"found {key!r}, expected a key path such as net.layers[0].out",
+                              source="--set")
+        steps.append(m.group(1))
+        steps.extend(int(n) for n in re.findall(r"\d+", m.group(2)))
+    node = raw
+    for step, nxt in zip(steps, steps[1:]):
+        try:
+            if isinstance(step, str) and isinstance(node, dict) and node.get(step) is None:
+                node[step] = [] if isinstance(nxt, int) else {}
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            raise ConfigError(f"{step!r} does not exist in the config", source="--set",
+                              where=key) from None
+    last = steps[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ConfigError(f"index {last} does not exist in the config", source="--set", where=key)
+    elif not isinstance(node, dict):
+        raise ConfigError(f"{key!r} is not inside a mapping", source="--set", where=key)
+    node[last] = value

@@ -1,0 +1,216 @@
+"""Data: IDX, NPZ and CSV readers, and the Dataset that serves scaled float batches.
+
+Inputs stay in their stored dtype (uint8 for MNIST) and are converted a batch at a time by one
+fused kernel, so a 60,000-image training set costs 47 MB, not 188. Readers check what a file
+says about itself (magic numbers, header sizes) against what it holds before allocating.
+"""
+
+import csv
+import gzip
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_CHUNK = 1 << 22
+
+
+def _open(path):
+    path = Path(path)
+    try:
+        return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
+    except FileNotFoundError:
+        raise DataError("file not found", source=path) from None
+    except OSError as e:
+        raise DataError(f"cannot read: {e.strerror or e}", source=path) from None
+
+
+def _read_exactly(stream, n, path):
+    """Read n bytes in chunks, so a header that lies about the size cannot make us allocate it."""
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(min(_CHUNK, n - got))
+        if not part:
+            raise DataError(f"truncated: the header promises {n} data bytes, the file holds {got}",
+                            source=path)
+        parts.append(part)
+        got += len(part)
+    if stream.read(1):
+        raise DataError(f"the file holds more than the {n} data bytes its header promises",
+                        source=path)
+    return b"".join(parts)
+
+
+def read_idx(path):
+    """An IDX file (plain or .gz) as an array of its stored dtype and shape."""
+    try:
+        with _open(path) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_TYPES or not 1 <= head[3] <= 4:
+                raise DataError(f"not an IDX file: magic bytes {head.hex() or '(empty)'}, expected "
+                                f"00 00, a type code ({', '.join(f'{c:02x}' for c in IDX_TYPES)}) "
+                                f"and 1 to 4 dimensions", source=path)
+            dims_raw = f.read(4 * head[3])
+            if len(dims_raw) < 4 * head[3]:
+                raise DataError("truncated in the header", source=path)
+            dims = tuple(int(d) for d in np.frombuffer(dims_raw, ">u4"))
+            dtype = np.dtype(IDX_TYPES[head[2]])
+            n_bytes = int(np.prod(dims, dtype=object)) * dtype.itemsize
+            _check_size_plausible(path, n_bytes, 4 + len(dims_raw))
+            data = _read_exactly(f, n_bytes, path)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read: {e}", source=path) from None
+    return np.frombuffer(data, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(dims)
+
+
+def _check_size_plausible(path, n_bytes, header_len):
+    """Compare a header's promise with the file: its size, or for gzip the stored length."""
+    path = Path(path)
+    size = path.stat().st_size
+    if path.suffix == ".gz":
+        if size >= 4:  # gzip ends with the uncompressed length modulo 2**32
+            with open(path, "rb") as raw:
+                raw.seek(-4, 2)
+                stored = int.from_bytes(raw.read(4), "little")
+            if n_bytes > 1032 * size + (1 << 16) or (n_bytes + header_len) % 2**32 != stored:
+                raise DataError(f"the header promises {n_bytes} data bytes, which the compressed "
+                                f"file ({size} bytes) does not hold", source=path)
+    elif n_bytes > size:
+        raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, the file has "
+                        f"{size} bytes in all", source=path)
+
+
+def read_npz(path, x_key, y_key):
+    """Two arrays from an .npz file, loaded without pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in (x_key, y_key) if k not in z.files]
+            if missing:
+                raise DataError(f"no array named {missing[0]!r}; the file has "
+                                f"{', '.join(z.files) or 'none'}", source=path)
+            return z[x_key], z[y_key]
+    except FileNotFoundError:
+        raise DataError("file not found", source=path) from None
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise DataError("holds an object array, which bpnet never loads (it would need "
+                            "pickle)", source=path) from None
+        raise DataError(f"not a valid .npz file: {e}", source=path) from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise DataError(f"not a valid .npz file: {e}", source=path) from None
+
+
+def read_csv(path, label, header="auto", delimiter=","):
+    """Features and label column(s) from a CSV; the header is detected when ``auto``."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter=delimiter))
+    except FileNotFoundError:
+        raise DataError("file not found", source=path) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read: {e}", source=path) from None
+    rows = [(n, r) for n, r in enumerate(rows, 1) if any(cell.strip() for cell in r)]
+    if not rows:
+        raise DataError("no rows", source=path)
+    if header == "auto":
+        header = not all(_is_float(c) for c in rows[0][1])
+    names = [c.strip() for c in rows[0][1]] if header else []
+    body = rows[1:] if header else rows
+    width = len(rows[0][1])
+    labels = label if isinstance(label, list) else [label]
+    columns = [_column(c, names, width, path) for c in labels]
+    values = np.empty((len(body), width), np.float64)
+    for i, (line, row) in enumerate(body):
+        if len(row) != width:
+            raise DataError(f"has {len(row)} cells, expected {width}", source=path, where=f"line {line}")
+        try:
+            values[i] = [float(c) for c in row]
+        except ValueError:
+            bad = next(c for c in row if not _is_float(c))
+            raise DataError(f"cell {bad!r} is not a number", source=path, where=f"line {line}") from None
+    features = [j for j in range(width) if j not in columns]
+    y = values[:, columns]
+    return values[:, features].astype(np.float32), (y[:, 0] if not isinstance(label, list) else y)
+
+
+def _is_float(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _column(label, names, width, path):
+    if isinstance(label, str):
+        if label not in names:
+            raise DataError(f"no column named {label!r}; columns: {', '.join(names) or '(no header)'}",
+                            source=path)
+        return names.index(label)
+    if not -width <= label < width:
+        raise DataError(f"label column {label} does not exist; rows have {width} cells", source=path)
+    return label % width
+
+
+def read_dataset(spec):
+    """(x, y) for a validated dataset spec; x keeps its stored dtype, flattened to 2-D."""
+    fmt = spec["format"]
+    if fmt == "idx":
+        x, y = read_idx(spec["images"]), read_idx(spec["labels"])
+        source = spec["images"]
+    elif fmt == "npz":
+        x, y = read_npz(spec["path"], spec["x"], spec["y"])
+        source = spec["path"]
+    else:
+        x, y = read_csv(spec["path"], spec["label"], spec["header"], spec["delimiter"])
+        source = spec["path"]
+    if x.dtype.kind not in "uif" or y.dtype.kind not in "uifb":
+        raise DataError(f"arrays have dtypes {x.dtype} and {y.dtype}, expected numbers", source=source)
+    if len(x) == 0:
+        raise DataError("the dataset is empty", source=source)
+    if len(x) != len(y):
+        raise DataError(f"{len(x)} inputs but {len(y)} labels", source=source)
+    x = np.ascontiguousarray(x.reshape(len(x), -1))
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise DataError(f"input of example {row} has a NaN or infinite value", source=source)
+    return x, y, source
+
+
+class Dataset:
+    """Inputs in their stored dtype, targets as the loss takes them, and the input transform.
+
+    ``batch(rows, out)`` writes (x[rows] - mean) * scale into ``out`` (float32 or float64).
+    """
+
+    def __init__(self, x, y, mean, scale, source=None):
+        self.x, self.y, self.source = x, y, source
+        self.mean = np.broadcast_to(np.asarray(mean, np.float64), (x.shape[1],)).copy()
+        self.scale = scale
+        self._typed = {}
+
+    def __len__(self):
+        return len(self.x)
+
+    @property
+    def n_features(self):
+        return self.x.shape[1]
+
+    def batch(self, rows, out):
+        from .kernels import jit
+        mean = self._typed.get(out.dtype)
+        if mean is None:
+            mean = self._typed[out.dtype] = self.mean.astype(out.dtype)
+        jit.gather_scale(self.x, rows, mean, out.dtype.type(self.scale), out)
+        return out
+
+    def inputs(self, dtype=np.float32, rows=None):
+        """Scaled inputs for ``rows`` (all by default), as a fresh array."""
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64)
+        return self.batch(rows, np.empty((len(rows), self.n_features), dtype))
+
+    def subset(self, rows):
+        return Dataset(self.x[rows], self.y[rows], self.mean, self.scale, self.source)

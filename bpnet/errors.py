@@ -1,0 +1,46 @@
+"""The errors bpnet reports to people: one line, naming the file and the key or line."""
+
+
+class BpnetError(Exception):
+    """A problem the user can fix (a bad config, data file, checkpoint or option).
+
+    The CLI prints ``Error: <message>`` on one line and exits with ``exit_code``.
+    """
+
+    exit_code = 2
+    label = "Error"
+
+    def __init__(self, message, *, source=None, where=None):
+        self.source = None if source is None else str(source)
+        self.where = where
+        self.detail = message
+        prefix = ": ".join(str(p) for p in (self.source, where) if p not in (None, ""))
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class ConfigError(BpnetError):
+    """A config file or a ``--set`` override that cannot be used."""
+
+
+class DataError(BpnetError):
+    """A data file that is missing, malformed or does not fit the network."""
+
+
+class CheckpointError(BpnetError):
+    """A checkpoint that is missing, corrupt or from a different network."""
+
+
+class ShapeError(BpnetError):
+    """An array handed to a layer or loss with the wrong shape or dtype."""
+
+
+class DivergenceError(BpnetError):
+    """Training produced a NaN or infinite loss and ``solver.on_nonfinite`` is ``stop``."""
+
+    exit_code = 3
+
+
+def describe(value):
+    """Show a config value the way the user typed it, short enough for one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,55 @@
+"""Weight initialisers, chosen per layer by name, for a weight of shape (n_out, n_in).
+
+``he``/``msra``     normal, std sqrt(2 / n_in)            (He et al. 2015; Caffe's MSRAFiller)
+``xavier``/``glorot`` uniform on +-sqrt(6 / (n_in + n_out)) (Glorot & Bengio 2010)
+``lecun``           normal, std sqrt(1 / n_in)            (LeCun et al. 1998)
+``gaussian``        normal, std ``std`` (default 0.01)
+``uniform``         uniform on +-``range`` (default 0.05)
+``constant``        every element ``value`` (default 0)
+"""
+
+import numpy as np
+
+from . import spec
+from .errors import ConfigError
+
+_OPTIONS = {
+    "he": {}, "msra": {}, "xavier": {}, "glorot": {}, "lecun": {},
+    "gaussian": {"std": spec.Option(spec.positive, 0.01)},
+    "uniform": {"range": spec.Option(spec.positive, 0.05)},
+    "constant": {"value": spec.Option(spec.real(), 0.0)},
+}
+NAMES = tuple(_OPTIONS)
+
+
+def parse_init(value, where, source):
+    """Turn ``he`` or ``{type: gaussian, std: 0.1}`` into ``{"type": ..., options...}``."""
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict) or value.get("type") not in _OPTIONS:
+        found = value.get("type") if isinstance(value, dict) else value
+        raise ConfigError(f"found {found!r}, expected an initialiser: one of {', '.join(NAMES)}",
+                          source=source, where=where)
+    options = spec.parse({k: v for k, v in value.items() if k != "type"},
+                         _OPTIONS[value["type"]], where, source)
+    return {"type": value["type"], **options}
+
+
+def initialize(init, shape, rng, dtype):
+    """A new array of ``shape`` filled as ``init`` (a parsed initialiser) says."""
+    kind = init["type"]
+    n_out, n_in = shape if len(shape) == 2 else (shape[0], 1)
+    if kind in ("he", "msra"):
+        data = rng.normal(0.0, np.sqrt(2.0 / n_in), shape)
+    elif kind in ("xavier", "glorot"):
+        limit = np.sqrt(6.0 / (n_in + n_out))
+        data = rng.uniform(-limit, limit, shape)
+    elif kind == "lecun":
+        data = rng.normal(0.0, np.sqrt(1.0 / n_in), shape)
+    elif kind == "gaussian":
+        data = rng.normal(0.0, init["std"], shape)
+    elif kind == "uniform":
+        data = rng.uniform(-init["range"], init["range"], shape)
+    else:
+        data = np.full(shape, init["value"])
+    return np.ascontiguousarray(data, dtype=dtype)

@@ -1,0 +1,207 @@
+"""Numba kernels: the fused elementwise passes of training.
+
+Every kernel takes C-contiguous arrays of one float dtype (float32 in training, float64 in
+gradient checks) and scalars of that same dtype, so each compiles exactly once per dtype and
+nothing widens silently. Constants are made with ``x.dtype.type(...)`` for the same reason.
+Each kernel has a plain-numpy twin of the same name in ``reference.py``; the tests compare them.
+
+Activations are chosen by a small integer (see ``ACTIVATIONS``); LLVM hoists the branch out of
+the loops, so one kernel serves all activations as fast as a specialised copy would.
+"""
+
+import numpy as np
+from numba import njit
+
+from .codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
+
+
+@njit(cache=True, inline="always")
+def _activate(v, kind, alpha, one):
+    """f(v) for the activation ``kind``; ``one`` is 1 in the arrays' dtype."""
+    if kind == RELU:
+        return v if v > 0 else v * 0
+    if kind == LEAKY_RELU:
+        return v if v > 0 else v * alpha
+    if kind == SIGMOID:
+        return one / (one + np.exp(-v))
+    if kind == TANH:
+        return np.tanh(v)
+    return v
+
+
+@njit(cache=True, inline="always")
+def _slope_from_output(y, kind, alpha, one):
+    """f'(x) written in terms of y = f(x), so backward needs only the saved output."""
+    if kind == RELU:
+        return one if y > 0 else one * 0
+    if kind == LEAKY_RELU:
+        return one if y > 0 else alpha
+    if kind == SIGMOID:
+        return y * (one - y)
+    if kind == TANH:
+        return one - y * y
+    return one
+
+
+@njit(cache=True)
+def act_forward(x, y, kind, alpha):
+    """y = f(x).  x, y: (batch, n)."""
+    one = y.dtype.type(1)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            y[i, j] = _activate(x[i, j], kind, alpha, one)
+
+
+@njit(cache=True)
+def bias_act_forward(z, b, kind, alpha):
+    """z = f(z + b) in place.  z: (batch, n), b: (n,)."""
+    one = z.dtype.type(1)
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            z[i, j] = _activate(z[i, j] + b[j], kind, alpha, one)
+
+
+@njit(cache=True)
+def act_backward(dy, y, dx, kind, alpha):
+    """dx = dy * f'(x), from the output y.  All (batch, n)."""
+    one = dx.dtype.type(1)
+    for i in range(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            dx[i, j] = dy[i, j] * _slope_from_output(y[i, j], kind, alpha, one)
+
+
+@njit(cache=True)
+def act_backward_bias_grad(dy, y, dz, db, overwrite, kind, alpha):
+    """dz = dy * f'(x); db (+)= sum over rows of dz.  dy, y, dz: (batch, n), db: (n,)."""
+    one = dz.dtype.type(1)
+    if overwrite:
+        db[:] = 0
+    for i in range(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            g = dy[i, j] * _slope_from_output(y[i, j], kind, alpha, one)
+            dz[i, j] = g
+            db[j] += g
+
+
+@njit(cache=True)
+def column_sum(g, db, overwrite):
+    """db (+)= sum over rows of g.  g: (batch, n), db: (n,)."""
+    if overwrite:
+        db[:] = 0
+    for i in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            db[j] += g[i, j]
+
+
+@njit(cache=True)
+def softmax_xent(z, labels, grad, scale):
+    """Softmax cross-entropy on logits z: (batch, classes), labels: (batch,) int64.
+
+    Writes grad = (softmax(z) - onehot(labels)) * scale and returns
+    (sum over rows of -log softmax(z)[label], number of rows whose argmax is the label).
+    """
+    loss = 0.0
+    correct = 0
+    for i in range(z.shape[0]):
+        best = 0
+        m = z[i, 0]
+        for j in range(1, z.shape[1]):
+            if z[i, j] > m:
+                m = z[i, j]
+                best = j
+        s = z.dtype.type(0)
+        for j in range(z.shape[1]):
+            e = np.exp(z[i, j] - m)
+            grad[i, j] = e
+            s += e
+        label = labels[i]
+        loss += np.log(s) - (z[i, label] - m)
+        correct += best == label
+        r = scale / s
+        for j in range(z.shape[1]):
+            grad[i, j] *= r
+        grad[i, label] -= scale
+    return loss, correct
+
+
+@njit(cache=True)
+def softmax(z, p):
+    """p = softmax(z) row by row.  z, p: (batch, classes)."""
+    for i in range(z.shape[0]):
+        m = z[i, 0]
+        for j in range(1, z.shape[1]):
+            m = max(m, z[i, j])
+        s = z.dtype.type(0)
+        for j in range(z.shape[1]):
+            p[i, j] = np.exp(z[i, j] - m)
+            s += p[i, j]
+        for j in range(z.shape[1]):
+            p[i, j] /= s
+
+
+@njit(cache=True)
+def sigmoid_xent(z, t, grad, scale):
+    """Sigmoid cross-entropy on logits z and 0/1 targets t, both (batch, n).
+
+    Loss per element max(z, 0) - z t + log(1 + exp(-|z|)), which never overflows;
+    writes grad = (sigmoid(z) - t) * scale and returns the summed loss.
+    """
+    loss = 0.0
+    one = z.dtype.type(1)
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            v = z[i, j]
+            loss += max(v, 0) - v * t[i, j] + np.log1p(np.exp(-abs(v)))
+            grad[i, j] = (one / (one + np.exp(-v)) - t[i, j]) * scale
+    return loss
+
+
+@njit(cache=True)
+def squared_error(y, t, grad, scale):
+    """Half squared error: returns sum of (y - t)^2 / 2 and writes grad = (y - t) * scale."""
+    loss = 0.0
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            d = y[i, j] - t[i, j]
+            loss += 0.5 * d * d
+            grad[i, j] = d * scale
+    return loss
+
+
+@njit(cache=True)
+def gather_scale(x, rows, mean, scale, out):
+    """out[i] = (x[rows[i]] - mean) * scale, converting the stored dtype (uint8 for MNIST).
+
+    x: (n, features) any numeric dtype, rows: (batch,) int64, mean: (features,), out: (batch, features).
+    """
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for j in range(x.shape[1]):
+            out[i, j] = (out.dtype.type(x[r, j]) - mean[j]) * scale
+
+
+@njit(cache=True)
+def sgd_update(w, g, v, lr, momentum, decay, nesterov):
+    """Caffe's momentum SGD on flat arrays: v = momentum v + lr (g + decay w); w -= v.
+
+    With nesterov, w -= (1 + momentum) v - momentum v_previous, as Caffe's NesterovSolver.
+    """
+    for i in range(w.shape[0]):
+        step = lr * (g[i] + decay * w[i])
+        previous = v[i]
+        v[i] = momentum * previous + step
+        if nesterov:
+            w[i] -= v[i] + momentum * (v[i] - previous)
+        else:
+            w[i] -= v[i]
+
+
+@njit(cache=True)
+def adam_update(w, g, m, v, lr_t, beta1, beta2, eps, decay):
+    """Adam on flat arrays, L2 decay added to the gradient; lr_t includes the bias correction."""
+    one = w.dtype.type(1)
+    for i in range(w.shape[0]):
+        gi = g[i] + decay * w[i]
+        m[i] = beta1 * m[i] + (one - beta1) * gi
+        v[i] = beta2 * v[i] + (one - beta2) * gi * gi
+        w[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)

@@ -1,0 +1,100 @@
+"""Plain-numpy twins of the numba kernels in ``jit.py``: same names, same arguments, same results.
+
+They are the readable statement of each formula, and the tests hold the kernels to them.
+"""
+
+import numpy as np
+
+from .codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
+
+
+def _activate(v, kind, alpha):
+    if kind == RELU:
+        return np.maximum(v, 0)
+    if kind == LEAKY_RELU:
+        return np.where(v > 0, v, v * alpha)
+    if kind == SIGMOID:
+        return 1 / (1 + np.exp(-v))
+    if kind == TANH:
+        return np.tanh(v)
+    assert kind == IDENTITY
+    return v
+
+
+def _slope_from_output(y, kind, alpha):
+    if kind == RELU:
+        return (y > 0).astype(y.dtype)
+    if kind == LEAKY_RELU:
+        return np.where(y > 0, 1, alpha).astype(y.dtype)
+    if kind == SIGMOID:
+        return y * (1 - y)
+    if kind == TANH:
+        return 1 - y * y
+    return np.ones_like(y)
+
+
+def act_forward(x, y, kind, alpha):
+    y[...] = _activate(x, kind, alpha)
+
+
+def bias_act_forward(z, b, kind, alpha):
+    z[...] = _activate(z + b, kind, alpha)
+
+
+def act_backward(dy, y, dx, kind, alpha):
+    dx[...] = dy * _slope_from_output(y, kind, alpha)
+
+
+def act_backward_bias_grad(dy, y, dz, db, overwrite, kind, alpha):
+    dz[...] = dy * _slope_from_output(y, kind, alpha)
+    column_sum(dz, db, overwrite)
+
+
+def column_sum(g, db, overwrite):
+    if overwrite:
+        db[...] = g.sum(axis=0)
+    else:
+        db += g.sum(axis=0)
+
+
+def softmax_xent(z, labels, grad, scale):
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(z))
+    grad[...] = np.exp(log_p) * scale
+    grad[rows, labels] -= scale
+    return -log_p[rows, labels].astype(np.float64).sum(), int((z.argmax(axis=1) == labels).sum())
+
+
+def softmax(z, p):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    p[...] = e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid_xent(z, t, grad, scale):
+    grad[...] = (1 / (1 + np.exp(-z)) - t) * scale
+    loss = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+    return loss.astype(np.float64).sum()
+
+
+def squared_error(y, t, grad, scale):
+    d = y - t
+    grad[...] = d * scale
+    return 0.5 * (d.astype(np.float64) ** 2).sum()
+
+
+def gather_scale(x, rows, mean, scale, out):
+    out[...] = (x[rows].astype(out.dtype) - mean) * scale
+
+
+def sgd_update(w, g, v, lr, momentum, decay, nesterov):
+    previous = v.copy()
+    v[...] = momentum * v + lr * (g + decay * w)
+    w -= v + momentum * (v - previous) if nesterov else v
+
+
+def adam_update(w, g, m, v, lr_t, beta1, beta2, eps, decay):
+    g = g + decay * w
+    m[...] = beta1 * m + (1 - beta1) * g
+    v[...] = beta2 * v + (1 - beta2) * g * g
+    w -= lr_t * m / (np.sqrt(v) + eps)

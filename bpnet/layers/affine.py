@@ -1,0 +1,63 @@
+"""Affine (fully connected) layer: y = x W^T + b."""
+
+import numpy as np
+
+from .. import spec
+from ..initializers import initialize, parse_init
+from ..kernels import IDENTITY, jit
+from .base import Layer, Param, register
+
+
+@register
+class Affine(Layer):
+    """y = x W^T + b with W: (n_out, n_in) row-major and b: (n_out,), the layout of Caffe's
+    InnerProduct, Kaldi's AffineTransform and PyTorch's Linear, so weights move between them
+    as they are. Caches x for the weight gradient.
+    """
+
+    type_name = "affine"
+    OPTIONS = {
+        "out": spec.Option(spec.positive_int, doc="number of outputs"),
+        "init": spec.Option(spec.anything, "he", doc="weight initialiser"),
+        "bias_init": spec.Option(spec.anything, {"type": "constant", "value": 0.0}),
+        "lr_mult": spec.Option(spec.non_negative, 1.0, doc="learning-rate multiplier"),
+        "decay_mult": spec.Option(spec.non_negative, 1.0, doc="weight-decay multiplier"),
+    }
+
+    def __init__(self, name, n_in, options, dtype=np.float32, rng=None, where="", source=None):
+        super().__init__(name, n_in, options, dtype)
+        self.options["init"] = parse_init(options["init"], f"{where}.init", source)
+        self.options["bias_init"] = parse_init(options["bias_init"], f"{where}.bias_init", source)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        shape = (options["out"], n_in)
+        mult = dict(lr_mult=options["lr_mult"], decay_mult=options["decay_mult"])
+        self.W = Param(f"{name}.W", initialize(self.options["init"], shape, rng, dtype), **mult)
+        self.b = Param(f"{name}.b", initialize(self.options["bias_init"], shape[:1], rng, dtype),
+                       **mult)
+        self.params = [self.W, self.b]
+
+    @property
+    def n_out(self):
+        return self.W.data.shape[0]
+
+    def _forward(self, x, y, train):
+        np.matmul(x, self.W.data.T, out=y)
+        jit.bias_act_forward(y, self.b.data, IDENTITY, self.dtype.type(0))
+        if train:
+            self._cache = (x,)
+
+    def _backward(self, dy, dx):
+        (x,) = self._cache
+        self.W.add_matmul(dy.T, x)
+        jit.column_sum(dy, *self.b.grad_for_write())
+        if dx is not None:
+            np.matmul(dy, self.W.data, out=dx)
+
+    def flops(self):
+        macs = self.n_in * self.n_out
+        return 2 * macs + self.n_out, 4 * macs + self.n_out
+
+    def describe(self):
+        init = self.options["init"]
+        extra = "".join(f", {k}={v}" for k, v in init.items() if k != "type")
+        return f"init={init['type']}{extra}"

@@ -1,0 +1,141 @@
+"""The layer contract: a public forward/backward that checks, a private pair that computes.
+
+Arrays are batches laid out one sample per row: ``x: (batch, n_in)``, ``y: (batch, n_out)``.
+"""
+
+import numpy as np
+
+from ..errors import ShapeError
+
+
+class Param:
+    """A trainable array and its gradient, kept together and named like ``fc1.W``.
+
+    Gradients accumulate across backward calls until ``zero_grad``. Zeroing is lazy: the first
+    write after it overwrites instead of adding, so a training step never clears memory it is
+    about to fill.
+    """
+
+    __slots__ = ("name", "data", "_grad", "_grad_is_zero", "lr_mult", "decay_mult")
+
+    def __init__(self, name, data, lr_mult=1.0, decay_mult=1.0):
+        self.name, self.data = name, data
+        self._grad = np.zeros_like(data)
+        self._grad_is_zero = True
+        self.lr_mult, self.decay_mult = lr_mult, decay_mult
+
+    @property
+    def grad(self):
+        if self._grad_is_zero:
+            self._grad.fill(0)
+            self._grad_is_zero = False
+        return self._grad
+
+    def zero_grad(self):
+        self._grad_is_zero = True
+
+    def grad_for_write(self):
+        """(gradient array, whether it must be overwritten rather than added to)."""
+        overwrite, self._grad_is_zero = self._grad_is_zero, False
+        return self._grad, overwrite
+
+    def add_matmul(self, a, b):
+        """grad += a @ b, without a temporary when the gradient is zero."""
+        grad, overwrite = self.grad_for_write()
+        if overwrite:
+            np.matmul(a, b, out=grad)
+        else:
+            grad += a @ b
+
+    def astype(self, dtype):
+        self.data = self.data.astype(dtype)
+        self._grad = np.zeros_like(self.data)
+        self._grad_is_zero = True
+
+    def __repr__(self):
+        return f"Param({self.name}, shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Layer:
+    """Base of every layer. Subclasses set ``type_name`` and ``OPTIONS`` and write the maths in
+    ``_forward(x, y, train)`` and ``_backward(dy, dx)``; ``dx`` is None when no caller needs
+    the input gradient (the first layer), so that product is skipped.
+    """
+
+    type_name = "layer"
+    OPTIONS = {}
+    kink = False  # True where the function has a kink (ReLU at 0): gradient checks skip those points
+
+    def __init__(self, name, n_in, options, dtype=np.float32, rng=None, where="", source=None):
+        self.name, self.n_in, self.options, self.dtype = name, n_in, dict(options), np.dtype(dtype)
+        self.params = []
+        self._cache = None  # what backward needs, written by a training-mode forward
+
+    @property
+    def n_out(self):
+        return self.n_in
+
+    def forward(self, x, train=True):
+        """y = layer(x).  x: (batch, n_in) -> y: (batch, n_out), a fresh array."""
+        self._check(x, self.n_in, "input")
+        y = np.empty((x.shape[0], self.n_out), self.dtype)
+        self._cache = None
+        self._forward(x, y, train)
+        return y
+
+    def backward(self, dy):
+        """dx = dL/dx from dy = dL/dy; parameter gradients accumulate.  Never writes into dy."""
+        if self._cache is None:
+            raise ShapeError(f"layer {self.name!r}: backward called without a training-mode forward")
+        batch = self._cache_batch()
+        self._check(dy, self.n_out, "output gradient", batch)
+        dx = np.empty((batch, self.n_in), self.dtype)
+        self._backward(dy, dx)
+        return dx
+
+    def _check(self, a, width, what, batch=None):
+        if not isinstance(a, np.ndarray) or a.ndim != 2 or a.shape[1] != width \
+                or (batch is not None and a.shape[0] != batch):
+            found = a.shape if isinstance(a, np.ndarray) else type(a).__name__
+            rows = "batch" if batch is None else batch
+            raise ShapeError(f"layer {self.name!r} ({self.type_name}): {what} has shape {found}, "
+                             f"expected ({rows}, {width})")
+        if a.dtype != self.dtype:
+            raise ShapeError(f"layer {self.name!r} ({self.type_name}): {what} has dtype {a.dtype}, "
+                             f"expected {self.dtype}")
+
+    def _cache_batch(self):
+        return self._cache[0].shape[0]
+
+    def _forward(self, x, y, train):
+        raise NotImplementedError
+
+    def _backward(self, dy, dx):
+        raise NotImplementedError
+
+    def kink_pattern(self):
+        """For kinked layers: which side of each kink the cached forward was on."""
+        return None
+
+    def astype(self, dtype):
+        self.dtype = np.dtype(dtype)
+        for p in self.params:
+            p.astype(dtype)
+        self._cache = None
+
+    def flops(self):
+        """Floating-point operations per sample: (forward, backward)."""
+        return self.n_out, self.n_out
+
+    def describe(self):
+        """A short text of the layer's options for ``bpnet info``."""
+        return ", ".join(f"{k}={v}" for k, v in self.options.items() if k not in ("name", "type"))
+
+
+LAYERS = {}
+
+
+def register(cls):
+    """Add a layer class to the registry under its ``type_name``."""
+    LAYERS[cls.type_name] = cls
+    return cls

@@ -1,0 +1,73 @@
+"""A session: a resolved config with its datasets read and its network built, checked to fit.
+
+``train``, ``eval``, ``predict``, ``gradcheck`` and ``info`` all start from one.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .build import build_net
+from .data import Dataset, read_dataset
+from .errors import ConfigError, DataError
+
+
+@dataclass
+class Session:
+    cfg: dict
+    net: object
+    splits: dict = field(default_factory=dict)  # "train", "val", "test" -> Dataset
+    source: object = None
+
+
+def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "test")):
+    """Read the config's data (only ``splits``) and build its network for that data."""
+    data = cfg["data"]
+    if data is None:
+        raise ConfigError("missing; this command needs data (or use --random where offered)",
+                          source=source, where="data")
+    raw = {}
+    for name in ("train", "val", "test"):
+        if data[name] is not None and (name in splits or name == "train"):
+            raw[name] = read_dataset(data[name])
+    x_train = raw["train"][0]
+    net = build_net(cfg, x_train.shape[1], dtype=dtype, source=source)
+    for name, (x, _, path) in raw.items():
+        if x.shape[1] != net.n_in:
+            raise DataError(f"examples have {x.shape[1]} features, but the network takes "
+                            f"{net.n_in} (net.input)", source=path)
+    mean = data["mean"]
+    if isinstance(mean, list) and len(mean) != net.n_in:
+        raise ConfigError(f"has {len(mean)} values, expected 1 or {net.n_in} (one per feature)",
+                          source=source, where="data.mean")
+    out = {name: Dataset(x, net.loss.targets_from(y, path), mean, data["scale"], path)
+           for name, (x, y, path) in raw.items()}
+    split = data["val_split"]
+    if split:
+        if "val" in out:
+            raise ConfigError("give data.val or data.val_split, not both", source=source,
+                              where="data.val_split")
+        n = len(out["train"])
+        if split >= n:
+            raise ConfigError(f"found {split}, but the training set has only {n} examples",
+                              source=source, where="data.val_split")
+        train = out["train"]
+        out["val"] = train.subset(np.arange(n - split, n))
+        out["train"] = train.subset(np.arange(n - split))
+    return Session(cfg, net, {k: v for k, v in out.items() if k in splits}, source)
+
+
+def evaluate(net, dataset, batch=1024, dtype=None):
+    """Mean loss, accuracy (None for regression) and count over a whole dataset, no caches."""
+    dtype = dtype or net.dtype
+    loss_sum, correct, units = 0.0, 0, 0
+    for start in range(0, len(dataset), batch):
+        rows = np.arange(start, min(start + batch, len(dataset)), dtype=np.int64)
+        x = dataset.batch(rows, np.empty((len(rows), dataset.n_features), dtype))
+        loss, c = net.forward(x, dataset.y[rows], train=False)
+        loss_sum += loss * len(rows)
+        if c is not None:
+            correct += c
+            units += net.loss.accuracy_units(len(rows))
+    accuracy = correct / units if net.loss.classification else None
+    return {"loss": loss_sum / len(dataset), "accuracy": accuracy, "n": len(dataset)}

@@ -1,0 +1,122 @@
+"""Optimizers and learning-rate policies. The solver owns its state, keyed by parameter name,
+so layers stay free of it and a checkpoint is a flat dict of arrays.
+
+One step, read top to bottom as in Caffe's SGDSolver: average the gradients over ``iter_size``
+batches, clip their global L2 norm, then update each parameter in one fused kernel that adds
+the L2 weight decay and scales by the parameter's ``lr_mult``.
+"""
+
+import math
+
+import numpy as np
+
+from .kernels import jit
+
+
+class Solver:
+    """``sgd`` (momentum), ``nesterov`` or ``adam`` over a dict of Params."""
+
+    def __init__(self, cfg, params):
+        self.cfg, self.params = cfg, params
+        self.steps = 0
+        slots = ("m", "v") if cfg["type"] == "adam" else ("v",)
+        self.state = {name: {s: np.zeros_like(p.data) for s in slots} for name, p in params.items()}
+
+    def step(self, lr, batches=1):
+        """Apply one update with learning rate ``lr`` from gradients summed over ``batches``."""
+        cfg = self.cfg
+        scale = 1.0 / batches
+        if cfg["clip_norm"] > 0:
+            norm = scale * self.grad_norm()
+            if norm > cfg["clip_norm"]:
+                scale *= cfg["clip_norm"] / norm
+        self.steps += 1
+        for name, p in self.params.items():
+            grad = p.grad
+            if scale != 1.0:
+                grad *= grad.dtype.type(scale)
+            typed = p.data.dtype.type
+            rate, decay = typed(lr * p.lr_mult), typed(cfg["weight_decay"] * p.decay_mult)
+            w, g, state = p.data.reshape(-1), grad.reshape(-1), self.state[name]
+            if cfg["type"] == "adam":
+                b1, b2 = cfg["beta1"], cfg["beta2"]
+                correction = math.sqrt(1 - b2 ** self.steps) / (1 - b1 ** self.steps)
+                jit.adam_update(w, g, state["m"].reshape(-1), state["v"].reshape(-1),
+                                typed(rate * correction), typed(b1), typed(b2), typed(cfg["eps"]),
+                                decay)
+            else:
+                jit.sgd_update(w, g, state["v"].reshape(-1), rate, typed(cfg["momentum"]), decay,
+                               cfg["type"] == "nesterov")
+
+    def grad_norm(self):
+        """Global L2 norm of all gradients, accumulated in float64."""
+        return math.sqrt(sum(float(np.dot(g, g)) for g in
+                             (p.grad.reshape(-1).astype(np.float64, copy=False)
+                              for p in self.params.values())))
+
+    def state_arrays(self):
+        """The state as a flat dict: ``fc1.W/v`` -> array, plus ``steps``."""
+        out = {f"{name}/{slot}": a for name, slots in self.state.items() for slot, a in slots.items()}
+        out["steps"] = np.array(self.steps, np.int64)
+        return out
+
+    def load_state_arrays(self, arrays):
+        for name, slots in self.state.items():
+            for slot, a in slots.items():
+                a[...] = arrays[f"{name}/{slot}"]
+        self.steps = int(arrays["steps"])
+
+
+def learning_rate(cfg, epochs_done):
+    """The Caffe policies, measured in epochs: ``epochs_done`` = iteration / iterations per epoch.
+
+    fixed: lr; step: lr gamma^floor(t / stepsize); multistep: lr gamma^(stepvalues passed);
+    exp: lr gamma^t; inv: lr (1 + gamma t)^-power; poly: lr (1 - t / epochs)^power.
+    """
+    lr, t, gamma, policy = cfg["lr"], epochs_done, cfg["gamma"], cfg["lr_policy"]
+    if policy == "step":
+        return lr * gamma ** math.floor(t / cfg["stepsize"] + 1e-9)
+    if policy == "multistep":
+        return lr * gamma ** sum(t >= v - 1e-9 for v in cfg["stepvalues"])
+    if policy == "exp":
+        return lr * gamma ** t
+    if policy == "inv":
+        return lr * (1 + gamma * t) ** -cfg["power"]
+    if policy == "poly":
+        return lr * max(0.0, 1 - t / cfg["epochs"]) ** cfg["power"]
+    return lr  # fixed; newbob changes its rate between epochs, in the training loop
+
+
+class Newbob:
+    """Kaldi's train scheduler: after each epoch, accept the new weights if the validation loss
+    fell (else go back to the best ones), halve the rate once the relative improvement drops
+    below ``start_halving`` and keep halving every epoch, stop once it drops below
+    ``end_halving`` while halving.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg["newbob"]
+        self.lr, self.halving, self.best_loss = cfg["lr"], False, None
+
+    def after_epoch(self, epoch, val_loss):
+        """Returns (accepted, stop). ``epoch`` counts from 1; ``best_loss`` starts at the
+        validation loss of the initial weights."""
+        c = self.cfg
+        previous = self.best_loss
+        accepted = val_loss < previous or epoch <= max(c["keep_lr_epochs"], c["min_epochs"])
+        if accepted:
+            self.best_loss = val_loss
+        improvement = (previous - self.best_loss) / previous if previous else 0.0
+        if self.halving and improvement < c["end_halving"] and epoch > c["min_epochs"]:
+            return accepted, True
+        if improvement < c["start_halving"] and epoch > c["keep_lr_epochs"]:
+            self.halving = True
+        if self.halving:
+            self.lr *= c["halving_factor"]
+        return accepted, False
+
+    def state(self):
+        return {"lr": self.lr, "halving": self.halving, "best_loss": self.best_loss}
+
+    def load_state(self, state):
+        self.lr, self.halving, self.best_loss = state["lr"], state["halving"], state["best_loss"]

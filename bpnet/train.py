@@ -1,0 +1,292 @@
+"""The training loop: shuffled batches, solver steps, per-epoch metrics, checkpoints, resume.
+
+Everything that decides the next step lives in the checkpoint (weights, solver state, the
+epoch's example order and position, generator states, schedule state), so a run stopped at
+any step boundary and resumed gives the same weights, bit for bit, as one that never stopped.
+"""
+
+import csv
+import io
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import checkpoint as ckpt
+from .build import seeds
+from .errors import BpnetError, DivergenceError
+from .session import evaluate
+from .solver import Newbob, Solver, learning_rate
+
+COLUMNS = ("epoch", "iteration", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+           "test_loss", "test_acc", "seconds", "samples_per_sec", "skipped")
+
+
+class Interrupted(BpnetError):
+    """Ctrl-C or SIGTERM: the current step finished and a checkpoint was written."""
+
+    label = "Stopped"
+
+
+class Trainer:
+    """Trains ``session.net`` on ``session.splits`` into ``run_dir``."""
+
+    def __init__(self, session, run_dir, log=print, progress=False):
+        self.session, self.cfg, self.net = session, session.cfg, session.net
+        self.train_set = session.splits["train"]
+        self.val_set, self.test_set = session.splits.get("val"), session.splits.get("test")
+        self.s = self.cfg["solver"]
+        self.run_dir, self.log, self.progress = Path(run_dir), log, progress
+        self.solver = Solver(self.s, self.net.params)
+        _, _, self.shuffle_rng = seeds(self.cfg["seed"])
+        self.batches_per_epoch = math.ceil(len(self.train_set) / self.s["batch_size"])
+        self.updates_per_epoch = math.ceil(self.batches_per_epoch / self.s["iter_size"])
+        self.newbob = Newbob(self.s) if self.s["lr_policy"] == "newbob" else None
+        if self.newbob and self.val_set is None:
+            raise BpnetError("the newbob policy needs validation data: set data.val or "
+                             "data.val_split", source=session.source, where="solver.lr_policy")
+        self.epoch = self.iteration = self.position = 0
+        self.order, self.rows, self.best_val, self.best = None, [], None, None
+        self._reset_sums()
+        self._signal = None
+
+    # ----- the loop ---------------------------------------------------------------------------
+
+    def run(self):
+        """Train to ``solver.epochs``; returns the metrics rows."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.newbob and self.newbob.best_loss is None:
+                self.newbob.best_loss = evaluate(self.net, self.val_set)["loss"]
+                self.best = self._snapshot()
+            while self.epoch < self.s["epochs"]:
+                if self.order is None:
+                    n = len(self.train_set)
+                    self.order = self.shuffle_rng.permutation(n) if self.s["shuffle"] else np.arange(n)
+                self._run_epoch()
+                if self._end_epoch():
+                    break
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return self.rows
+
+    def _run_epoch(self):
+        net, data, bs, iter_size = self.net, self.train_set, self.s["batch_size"], self.s["iter_size"]
+        buffers = {}
+        started, pending = time.perf_counter(), 0
+        bar = self._bar()
+        for b in range(self.position, self.batches_per_epoch):
+            rows = self.order[b * bs:(b + 1) * bs]
+            x = buffers.get(len(rows))
+            if x is None:
+                x = buffers[len(rows)] = np.empty((len(rows), data.n_features), net.dtype)
+            data.batch(rows, x)
+            loss, correct = net.forward(x, data.y[rows])
+            if math.isfinite(loss):
+                net.backward()
+                pending += 1
+                self.sums["loss"] += loss * len(rows)
+                self.sums["correct"] += correct or 0
+                self.sums["units"] += net.loss.accuracy_units(len(rows))
+                self.sums["samples"] += len(rows)
+            elif self.s["on_nonfinite"] == "stop":
+                raise DivergenceError(
+                    f"the loss became {loss} at epoch {self.epoch + 1}, iteration "
+                    f"{self.iteration + 1}; try a lower solver.lr (now {self._lr():g}) or "
+                    f"solver.clip_norm; checkpoints already written are intact",
+                    source=self.session.source)
+            else:
+                self.sums["skipped"] += 1
+            if (b + 1 - self.position) % iter_size == 0 or b + 1 == self.batches_per_epoch:
+                if pending:
+                    self.solver.step(self._lr(), batches=pending)
+                net.zero_grad()
+                pending = 0
+                self.iteration += 1
+                if bar is not None:
+                    bar.update(b + 1 - bar.n)
+                    if b % 20 == 0:
+                        bar.set_postfix_str(self._running())
+                if self._signal is not None:
+                    self.sums["seconds"] += time.perf_counter() - started
+                    self.position = b + 1
+                    self._interrupt(bar)
+        if bar is not None:
+            bar.close()
+        self.sums["seconds"] += time.perf_counter() - started
+
+    def _end_epoch(self):
+        """Metrics, schedule, checkpoints. Returns True when the schedule says stop."""
+        sums, net = self.sums, self.net
+        lr = self._lr()
+        row = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": lr,
+               "train_loss": sums["loss"] / max(sums["samples"], 1),
+               "train_acc": sums["correct"] / sums["units"] if net.loss.classification and sums["units"] else None,
+               "seconds": sums["seconds"], "skipped": sums["skipped"],
+               "samples_per_sec": sums["samples"] / sums["seconds"] if sums["seconds"] else None}
+        for name, dataset in (("val", self.val_set), ("test", self.test_set)):
+            if dataset is not None:
+                result = evaluate(net, dataset)
+                row[f"{name}_loss"], row[f"{name}_acc"] = result["loss"], result["accuracy"]
+        stop = False
+        if self.newbob:
+            accepted, stop = self.newbob.after_epoch(self.epoch + 1, row["val_loss"])
+            if accepted:
+                self.best = self._snapshot()
+            else:
+                self._restore(self.best)
+                self.log(f"epoch {self.epoch + 1}: validation loss rose; back to the best weights")
+        self.rows.append({c: row.get(c) for c in COLUMNS})
+        self.epoch, self.position, self.order = self.epoch + 1, 0, None
+        self._reset_sums()
+        self._check_finite()
+        improved = row.get("val_loss") is not None and (self.best_val is None or row["val_loss"] < self.best_val)
+        if improved:
+            self.best_val = row["val_loss"]
+        last = stop or self.epoch == self.s["epochs"]
+        if self.epoch % self.cfg["checkpoint"]["every"] == 0 or last:
+            self._save(ckpt.checkpoint_name(self.iteration))
+        if improved and self.cfg["checkpoint"]["best"]:
+            self._save("best.npz")
+        self._write_metrics()
+        self.log(format_row(row, self.s["epochs"]))
+        return stop
+
+    # ----- learning rate, progress, signals --------------------------------------------------
+
+    def _lr(self):
+        if self.newbob:
+            return self.newbob.lr
+        return learning_rate(self.s, self.iteration / self.updates_per_epoch)
+
+    def _bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.batches_per_epoch, initial=self.position, leave=False,
+                    desc=f"epoch {self.epoch + 1}/{self.s['epochs']}", unit="batch", file=sys.stderr)
+
+    def _running(self):
+        s = self.sums
+        text = f"loss {s['loss'] / max(s['samples'], 1):.4f}"
+        if self.net.loss.classification and s["units"]:
+            text += f" acc {100 * s['correct'] / s['units']:.2f}%"
+        return text
+
+    def _on_signal(self, signum, frame):
+        self._signal = signum
+        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
+
+    def _interrupt(self, bar):
+        if bar is not None:
+            bar.close()
+        self._check_finite()
+        path = self._save(ckpt.checkpoint_name(self.iteration))
+        name = "SIGINT" if self._signal == signal.SIGINT else "SIGTERM"
+        error = Interrupted(f"{name} at epoch {self.epoch + 1}, iteration {self.iteration}; "
+                            f"checkpoint {path} written; continue with: bpnet train --resume "
+                            f"{self.run_dir}")
+        error.exit_code = 128 + self._signal
+        raise error
+
+    def _reset_sums(self):
+        self.sums = {"loss": 0.0, "correct": 0, "units": 0, "samples": 0, "skipped": 0, "seconds": 0.0}
+
+    def _check_finite(self):
+        for name, p in self.net.params.items():
+            if not np.isfinite(p.data).all():
+                raise DivergenceError(f"parameter {name} holds NaN or infinite values at epoch "
+                                      f"{self.epoch}, iteration {self.iteration}; nothing was saved; "
+                                      f"try a lower solver.lr", source=self.session.source)
+
+    # ----- state ------------------------------------------------------------------------------
+
+    def _snapshot(self):
+        return {**ckpt.prefixed(self.net.state_dict(), "param"),
+                **ckpt.prefixed({k: v.copy() for k, v in self.solver.state_arrays().items()}, "solver")}
+
+    def _restore(self, arrays, source=None):
+        self.net.load_state_dict(ckpt.with_prefix(arrays, "param"), source)
+        self.solver.load_state_arrays(ckpt.with_prefix(arrays, "solver"))
+
+    def _save(self, name):
+        arrays = self._snapshot()
+        if self.best is not None and self.newbob:
+            arrays.update(ckpt.prefixed(self.best, "best"))
+        if self.order is not None:
+            arrays["order"] = self.order
+        meta = {"epoch": self.epoch, "iteration": self.iteration, "position": self.position,
+                "lr": self._lr(), "rows": self.rows, "sums": self.sums, "best_val": self.best_val,
+                "shuffle_rng": self.shuffle_rng.bit_generator.state,
+                "dropout_rng": self.net.dropout_rng.bit_generator.state,
+                "newbob": self.newbob.state() if self.newbob else None,
+                "net": [dict(layer) for layer in self.cfg["net"]["layers"]],
+                "loss": self.cfg["net"]["loss"], "n_in": self.net.n_in}
+        path = self.run_dir / "checkpoints" / name
+        ckpt.save(path, arrays, meta)
+        if name != "best.npz":
+            ckpt.prune(path.parent, self.cfg["checkpoint"]["keep"])
+        return path
+
+    def resume(self, path):
+        """Continue from a checkpoint written by this trainer's network."""
+        arrays, meta = ckpt.load(path)
+        self._restore(arrays, path)
+        self.epoch, self.iteration, self.position = meta["epoch"], meta["iteration"], meta["position"]
+        self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
+        self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
+        self.net.dropout_rng.bit_generator.state = meta["dropout_rng"]
+        self.order = arrays.get("order")
+        if self.order is not None and len(self.order) != len(self.train_set):
+            raise ckpt.CheckpointError(f"the checkpoint's epoch order covers {len(self.order)} "
+                                       f"examples, the training set has {len(self.train_set)}",
+                                       source=path)
+        if self.newbob and meta["newbob"]:
+            self.newbob.load_state(meta["newbob"])
+            self.best = ckpt.with_prefix(arrays, "best")
+        self._write_metrics()
+
+    def _write_metrics(self):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
+        write_text_atomic(self.run_dir / "metrics.csv", text.getvalue())
+
+
+def write_text_atomic(path, text):
+    tmp = Path(f"{path}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def format_row(row, epochs):
+    """The one line printed per epoch."""
+    def pair(name):
+        loss, acc = row.get(f"{name}_loss"), row.get(f"{name}_acc")
+        if loss is None:
+            return ""
+        return f"  {name} loss {loss:.4f}" + (f" acc {100 * acc:.2f}%" if acc is not None else "")
+    speed = row.get("samples_per_sec") or 0
+    skipped = f"  skipped {row['skipped']}" if row.get("skipped") else ""
+    return (f"epoch {row['epoch']}/{epochs}{pair('train')}{pair('val')}{pair('test')}"
+            f"  lr {row['lr']:.4g}  {row['seconds']:.1f} s  {speed:,.0f} samples/s{skipped}")
+
+
+def save_config(cfg, run_dir):
+    write_text_atomic(Path(run_dir) / "config.yaml",
+                      "# The resolved config of this run: defaults filled in, overrides applied.\n"
+                      + yaml.safe_dump(cfg, sort_keys=False))
