@@ -107,7 +107,8 @@ class Trainer:
                 self.sums["skipped"] += 1
             if (b + 1 - self.position) % iter_size == 0 or b + 1 == self.batches_per_epoch:
                 if pending:
-                    self.solver.step(self._lr(), batches=pending)
+                    self.sums["lr"] = self._lr()
+                    self.solver.step(self.sums["lr"], batches=pending)
                 net.zero_grad()
                 pending = 0
                 self.iteration += 1
@@ -126,8 +127,7 @@ class Trainer:
     def _end_epoch(self):
         """Metrics, schedule, checkpoints. Returns True when the schedule says stop."""
         sums, net = self.sums, self.net
-        lr = self._lr()
-        row = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": lr,
+        row = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": sums["lr"],
                "train_loss": sums["loss"] / max(sums["samples"], 1),
                "train_acc": sums["correct"] / sums["units"] if net.loss.classification and sums["units"] else None,
                "seconds": sums["seconds"], "skipped": sums["skipped"],
@@ -198,7 +198,8 @@ class Trainer:
         raise error
 
     def _reset_sums(self):
-        self.sums = {"loss": 0.0, "correct": 0, "units": 0, "samples": 0, "skipped": 0, "seconds": 0.0}
+        self.sums = {"loss": 0.0, "correct": 0, "units": 0, "samples": 0, "skipped": 0,
+                     "seconds": 0.0, "lr": self._lr()}
 
     def _check_finite(self):
         for name, p in self.net.params.items():
