@@ -1,0 +1,166 @@
+"""Every numba kernel against its plain-numpy twin, on random inputs, in float32 and float64."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from bpnet.kernels import IDENTITY, LEAKY_RELU, NAMES, RELU, SIGMOID, TANH, jit, reference
+
+KINDS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID,
+         "tanh": TANH}
+DTYPES = (np.float32, np.float64)
+
+
+def _unwritten(like):
+    """An output array filled with NaN, so a kernel that skips an element is caught."""
+    return np.full_like(like, np.nan)
+
+
+def _act_output(rng, shape, dtype, kind):
+    """A plausible activation output y, from which the backward kernels compute f'(x)."""
+    x = rng.standard_normal(shape).astype(dtype)
+    y = _unwritten(x)
+    reference.act_forward(x, y, kind, dtype(0.1))
+    return y
+
+
+# For each kernel, a function (rng, dtype, kind) -> the argument tuple. Kernels that take no
+# activation code ignore ``kind`` and are run once.
+def _act_forward(rng, d, kind):
+    x = rng.standard_normal((7, 13)).astype(d)
+    return x, _unwritten(x), kind, d(0.1)
+
+
+def _bias_act_forward(rng, d, kind):
+    return rng.standard_normal((7, 13)).astype(d), rng.standard_normal(13).astype(d), kind, d(0.1)
+
+
+def _act_backward(rng, d, kind):
+    dy = rng.standard_normal((7, 13)).astype(d)
+    return dy, _act_output(rng, dy.shape, d, kind), _unwritten(dy), kind, d(0.1)
+
+
+def _act_backward_bias_grad(rng, d, kind, overwrite):
+    dy = rng.standard_normal((7, 13)).astype(d)
+    return (dy, _act_output(rng, dy.shape, d, kind), _unwritten(dy),
+            rng.standard_normal(13).astype(d), overwrite, kind, d(0.1))
+
+
+def _column_sum(rng, d, overwrite):
+    return rng.standard_normal((9, 6)).astype(d), rng.standard_normal(6).astype(d), overwrite
+
+
+def _softmax_xent(rng, d):
+    z = (3 * rng.standard_normal((8, 10))).astype(d)
+    return z, rng.integers(0, 10, 8).astype(np.int64), _unwritten(z), d(1 / 8)
+
+
+def _softmax(rng, d):
+    z = (3 * rng.standard_normal((8, 10))).astype(d)
+    return z, _unwritten(z)
+
+
+def _sigmoid_xent(rng, d):
+    z = (4 * rng.standard_normal((8, 5))).astype(d)
+    t = (rng.random((8, 5)) > 0.5).astype(d)
+    return z, t, _unwritten(z), d(1 / 8)
+
+
+def _squared_error(rng, d):
+    y = rng.standard_normal((8, 5)).astype(d)
+    return y, rng.standard_normal((8, 5)).astype(d), _unwritten(y), d(1 / 8)
+
+
+def _gather_scale(rng, d):
+    x = rng.integers(0, 256, (20, 12)).astype(np.uint8)
+    rows = rng.permutation(20)[:7].astype(np.int64)
+    return x, rows, rng.random(12).astype(d), d(1 / 255), _unwritten(np.empty((7, 12), d))
+
+
+def _sgd_update(rng, d, nesterov):
+    return (rng.standard_normal(30).astype(d), rng.standard_normal(30).astype(d),
+            rng.standard_normal(30).astype(d), d(0.05), d(0.9), d(1e-3), nesterov)
+
+
+def _adam_update(rng, d):
+    return (rng.standard_normal(30).astype(d), rng.standard_normal(30).astype(d),
+            rng.standard_normal(30).astype(d), rng.random(30).astype(d), d(1e-3), d(0.9),
+            d(0.999), d(1e-8), d(1e-4))
+
+
+CASES = {
+    "act_forward": [(f"{k}", lambda r, d, c=c: _act_forward(r, d, c)) for k, c in KINDS.items()],
+    "bias_act_forward": [(k, lambda r, d, c=c: _bias_act_forward(r, d, c)) for k, c in KINDS.items()],
+    "act_backward": [(k, lambda r, d, c=c: _act_backward(r, d, c)) for k, c in KINDS.items()],
+    "act_backward_bias_grad": [(f"{k}-{'overwrite' if o else 'add'}",
+                                lambda r, d, c=c, o=o: _act_backward_bias_grad(r, d, c, o))
+                               for k, c in KINDS.items() for o in (True, False)],
+    "column_sum": [("overwrite", lambda r, d: _column_sum(r, d, True)),
+                   ("add", lambda r, d: _column_sum(r, d, False))],
+    "softmax_xent": [("", _softmax_xent)],
+    "softmax": [("", _softmax)],
+    "sigmoid_xent": [("", _sigmoid_xent)],
+    "squared_error": [("", _squared_error)],
+    "gather_scale": [("", _gather_scale)],
+    "sgd_update": [("momentum", lambda r, d: _sgd_update(r, d, False)),
+                   ("nesterov", lambda r, d: _sgd_update(r, d, True))],
+    "adam_update": [("", _adam_update)],
+}
+
+
+def _tolerance(dtype):
+    return dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", NAMES)
+def test_kernel_matches_reference(name, dtype):
+    assert name in CASES, f"kernel {name!r} has no test inputs: add it to CASES in {__file__}"
+    assert hasattr(reference, name), f"kernel {name!r} has no numpy twin in kernels/reference.py"
+    for label, make in CASES[name]:
+        args = make(np.random.default_rng(7), dtype)
+        jit_args, ref_args = copy.deepcopy(args), copy.deepcopy(args)
+        got = getattr(jit, name)(*jit_args)
+        want = getattr(reference, name)(*ref_args)
+        tol = _tolerance(dtype)
+        for i, (a, b) in enumerate(zip(jit_args, ref_args)):
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype, f"{name}[{label}] argument {i} changed dtype"
+                assert np.isfinite(a).all(), f"{name}[{label}] left argument {i} partly unwritten"
+                np.testing.assert_allclose(a, b, **tol, err_msg=f"{name}[{label}] argument {i}")
+        if want is None:
+            assert got is None, f"{name}[{label}] returns {got!r}, its twin returns nothing"
+        else:
+            np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                                       **tol, err_msg=f"{name}[{label}] return value")
+
+
+def test_every_case_names_a_real_kernel():
+    assert set(CASES) <= set(NAMES), f"tests for kernels that no longer exist: {set(CASES) - set(NAMES)}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_kernel_outputs_keep_their_dtype(dtype):
+    """No silent widening: float32 in, float32 out, for the kernels the layers use."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 6)).astype(dtype)
+    y = _unwritten(x)
+    jit.act_forward(x, y, SIGMOID, dtype(0))
+    assert y.dtype == dtype
+    expected = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(y, expected, **_tolerance(dtype))
+
+
+def test_softmax_xent_gradient_is_softmax_minus_onehot_over_batch():
+    """The formula itself, not just agreement of two implementations of it."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 4))
+    labels = np.array([0, 3, 1, 1, 2], np.int64)
+    grad = _unwritten(z)
+    loss, correct = jit.softmax_xent(z, labels, grad, 1 / 5)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    onehot = np.eye(4)[labels]
+    np.testing.assert_allclose(grad, (p - onehot) / 5, rtol=1e-12)
+    np.testing.assert_allclose(loss, -np.log(p[np.arange(5), labels]).sum(), rtol=1e-12)
+    assert correct == int((z.argmax(axis=1) == labels).sum())
