@@ -160,7 +160,7 @@ def read_dataset(spec):
     fmt = spec["format"]
     if fmt == "idx":
         x, y = read_idx(spec["images"]), read_idx(spec["labels"])
-        source = spec["images"]
+        source = f"{spec['images']} with {Path(spec['labels']).name}"
     elif fmt == "npz":
         x, y = read_npz(spec["path"], spec["x"], spec["y"])
         source = spec["path"]

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,22 +62,28 @@ class Trainer:
         """Train to ``solver.epochs``; returns the metrics rows."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        catch = threading.current_thread() is threading.main_thread()  # signals reach only main
+        previous = {s: signal.signal(s, self._on_signal)
+                    for s in (signal.SIGINT, signal.SIGTERM) if catch}
         try:
-            if self.newbob and self.newbob.best_loss is None:
-                self.newbob.best_loss = evaluate(self.net, self.val_set)["loss"]
-                self.best = self._snapshot()
-            while self.epoch < self.s["epochs"]:
-                if self.order is None:
-                    n = len(self.train_set)
-                    self.order = self.shuffle_rng.permutation(n) if self.s["shuffle"] else np.arange(n)
-                self._run_epoch()
-                if self._end_epoch():
-                    break
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as a NaN loss, caught
+                self._epochs()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self.rows
+
+    def _epochs(self):
+        if self.newbob and self.newbob.best_loss is None:
+            self.newbob.best_loss = evaluate(self.net, self.val_set)["loss"]
+            self.best = self._snapshot()
+        while self.epoch < self.s["epochs"]:
+            if self.order is None:
+                n = len(self.train_set)
+                self.order = self.shuffle_rng.permutation(n) if self.s["shuffle"] else np.arange(n)
+            self._run_epoch()
+            if self._end_epoch():
+                break
 
     def _run_epoch(self):
         net, data, bs, iter_size = self.net, self.train_set, self.s["batch_size"], self.s["iter_size"]
