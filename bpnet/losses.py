@@ -134,7 +134,8 @@ class SigmoidCrossEntropy(Loss):
         return y
 
     def output(self, z):
-        return 1 / (1 + np.exp(-z))
+        # sigmoid(z) = exp(-log(1 + e^-z)); logaddexp never overflows, even at z = -1000
+        return np.exp(-np.logaddexp(0, -z))
 
     def accuracy_units(self, batch):
         return batch * self.n_in
