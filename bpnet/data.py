@@ -95,9 +95,11 @@ def read_npz(path, x_key, y_key):
     except FileNotFoundError:
         raise DataError("file not found", source=path) from None
     except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+        if "Object arrays" in str(e):
             raise DataError("holds an object array, which bpnet never loads (it would need "
                             "pickle)", source=path) from None
+        if "pickled" in str(e):  # numpy's word for any file that is neither .npz nor .npy
+            raise DataError("not a valid .npz file: no zip archive inside", source=path) from None
         raise DataError(f"not a valid .npz file: {e}", source=path) from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise DataError(f"not a valid .npz file: {e}", source=path) from None

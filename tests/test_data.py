@@ -1,0 +1,268 @@
+"""Readers on valid and broken files (IDX plain and .gz, NPZ, CSV), and the Dataset."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from bpnet.config import resolve
+from bpnet.data import Dataset, read_csv, read_dataset, read_idx, read_npz
+from bpnet.errors import DataError
+from bpnet.session import open_session
+
+from conftest import MNIST
+
+
+def idx_bytes(array, code=0x08):
+    """An IDX file's bytes: 00 00, type code, number of dimensions, big-endian sizes, data."""
+    big = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
+    head = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return head + np.ascontiguousarray(array, big).tobytes()
+
+
+def write(path, data):
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def idx_error(path):
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), "the message names the file"
+    return message
+
+
+# ----- IDX ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("code,dtype", [(0x08, np.uint8), (0x09, np.int8), (0x0B, np.int16),
+                                        (0x0C, np.int32), (0x0D, np.float32), (0x0E, np.float64)])
+def test_idx_round_trip(tmp_path, rng, code, dtype, suffix):
+    if np.dtype(dtype).kind == "f":
+        array = rng.standard_normal((3, 4, 5)).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        array = rng.integers(info.min, info.max, (3, 4, 5), endpoint=True).astype(dtype)
+    got = read_idx(write(tmp_path / f"a.idx{suffix}", idx_bytes(array, code)))
+    assert got.dtype == dtype and got.dtype.isnative
+    np.testing.assert_array_equal(got, array)
+
+
+def test_idx_one_dimensional_labels(tmp_path):
+    labels = np.arange(10, dtype=np.uint8)
+    np.testing.assert_array_equal(read_idx(write(tmp_path / "l.idx", idx_bytes(labels))), labels)
+
+
+def test_idx_reads_the_shipped_mnist_labels():
+    labels = read_idx(MNIST / "t10k-labels-idx1-ubyte.gz")
+    assert labels.shape == (10000,) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == set(range(10))
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_truncated_data(tmp_path, suffix):
+    data = idx_bytes(np.zeros((10, 8, 8), np.uint8))
+    assert "truncated" in idx_error(write(tmp_path / f"t.idx{suffix}", data[:-1]))
+    assert "truncated" in idx_error(write(tmp_path / f"u.idx{suffix}", data[:200])) \
+        or "does not hold" in idx_error(tmp_path / f"u.idx{suffix}")
+
+
+def test_idx_gzip_cut_short(tmp_path):
+    packed = gzip.compress(idx_bytes(np.arange(5000, dtype=np.uint8).reshape(50, 100) % 7))
+    path = tmp_path / "cut.idx.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    idx_error(path)
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_extra_bytes(tmp_path, suffix):
+    data = idx_bytes(np.zeros((4, 4), np.uint8)) + b"\x01"
+    assert "more than" in idx_error(write(tmp_path / f"x.idx{suffix}", data)) \
+        or "does not hold" in idx_error(tmp_path / f"x.idx{suffix}")
+
+
+@pytest.mark.parametrize("head", [b"", b"\x00", b"\x00\x01\x08\x01", b"\x00\x00\x07\x01",
+                                  b"\x00\x00\x08\x00", b"\x00\x00\x08\x05", b"PK\x03\x04"])
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_wrong_magic(tmp_path, head, suffix):
+    message = idx_error(write(tmp_path / f"m.idx{suffix}", head + b"\x00" * 40))
+    assert "not an IDX file" in message and "expected 00 00" in message
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_oversized_header_is_refused_before_allocating(tmp_path, suffix):
+    """A header promising 4 TB must fail at once, not try to read or allocate it."""
+    head = bytes([0, 0, 0x0D, 3]) + struct.pack(">3I", 100000, 100000, 100000)
+    message = idx_error(write(tmp_path / f"big.idx{suffix}", head + b"\x00" * 64))
+    assert "4000000000000000" in message
+
+
+def test_idx_header_cut_inside_the_sizes(tmp_path):
+    path = write(tmp_path / "h.idx", bytes([0, 0, 8, 3]) + struct.pack(">2I", 2, 2))
+    assert "truncated in the header" in idx_error(path)
+
+
+def test_idx_plain_file_named_gz_and_missing_file(tmp_path):
+    path = tmp_path / "plain.idx.gz"
+    path.write_bytes(idx_bytes(np.zeros((2, 2), np.uint8)))
+    idx_error(path)
+    assert "file not found" in idx_error(tmp_path / "nothing.idx")
+
+
+# ----- NPZ ----------------------------------------------------------------------------------------
+
+def test_npz_valid(tmp_path, rng):
+    x, y = rng.standard_normal((6, 3)).astype(np.float32), np.arange(6)
+    np.savez(tmp_path / "d.npz", inputs=x, labels=y)
+    gx, gy = read_npz(tmp_path / "d.npz", "inputs", "labels")
+    np.testing.assert_array_equal(gx, x)
+    np.testing.assert_array_equal(gy, y)
+
+
+def test_npz_missing_key_lists_the_keys(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 2)), targets=np.zeros(2))
+    with pytest.raises(DataError, match=r"d\.npz: no array named 'x'; the file has images, targets"):
+        read_npz(tmp_path / "d.npz", "x", "targets")
+
+
+def test_npz_object_array_is_refused(tmp_path):
+    np.savez(tmp_path / "o.npz", x=np.array([np.zeros(2), "a"], dtype=object), y=np.zeros(2))
+    with pytest.raises(DataError, match="object array"):
+        read_npz(tmp_path / "o.npz", "x", "y")
+
+
+def test_npz_broken_and_missing_files(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"this is not a zip file")
+    with pytest.raises(DataError, match=r"bad\.npz: not a valid \.npz"):
+        read_npz(tmp_path / "bad.npz", "x", "y")
+    with pytest.raises(DataError, match="file not found"):
+        read_npz(tmp_path / "none.npz", "x", "y")
+
+
+# ----- CSV ----------------------------------------------------------------------------------------
+
+def write_csv(tmp_path, text, name="d.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_header_detected_and_label_by_name(tmp_path):
+    path = write_csv(tmp_path, "a,b,label,c\n1,2,0,3\n4,5,1,6\n")
+    x, y = read_csv(path, "label")
+    np.testing.assert_array_equal(x, [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(y, [0, 1])
+    assert x.dtype == np.float32
+
+
+@pytest.mark.parametrize("label,features,labels", [
+    (0, [[2, 3], [5, 6]], [1, 4]),
+    (-1, [[1, 2], [4, 5]], [3, 6]),
+    (1, [[1, 3], [4, 6]], [2, 5]),
+])
+def test_csv_without_header_label_by_index(tmp_path, label, features, labels):
+    path = write_csv(tmp_path, "1,2,3\n4,5,6\n")
+    x, y = read_csv(path, label)
+    np.testing.assert_array_equal(x, features)
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_csv_header_with_label_by_index_and_forced_header(tmp_path):
+    x, y = read_csv(write_csv(tmp_path, "f1,f2,y\n1,2,3\n"), -1)
+    np.testing.assert_array_equal(x, [[1, 2]])
+    np.testing.assert_array_equal(y, [3])
+    # a numeric first row is data under auto, a header when told so
+    path = write_csv(tmp_path, "7,8,9\n1,2,3\n", "n.csv")
+    assert len(read_csv(path, 0)[0]) == 2
+    assert len(read_csv(path, 0, header=True)[0]) == 1
+
+
+def test_csv_several_label_columns(tmp_path):
+    x, y = read_csv(write_csv(tmp_path, "a,t1,b,t2\n1,0,2,1\n3,1,4,0\n"), ["t1", "t2"])
+    np.testing.assert_array_equal(x, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(y, [[0, 1], [1, 0]])
+
+
+def test_csv_other_delimiter_and_blank_lines(tmp_path):
+    x, y = read_csv(write_csv(tmp_path, "a;y\n\n1.5;0\n\n2.5;1\n"), "y", delimiter=";")
+    np.testing.assert_array_equal(x, [[1.5], [2.5]])
+    np.testing.assert_array_equal(y, [0, 1])
+
+
+def test_csv_ragged_row_names_the_line(tmp_path):
+    path = write_csv(tmp_path, "a,b,y\n1,2,0\n\n3,4\n")
+    with pytest.raises(DataError, match=r"d\.csv: line 4: has 2 cells, expected 3"):
+        read_csv(path, "y")
+
+
+def test_csv_non_numeric_cell_names_the_line_and_cell(tmp_path):
+    path = write_csv(tmp_path, "1,2,0\n3,four,1\n")
+    with pytest.raises(DataError, match=r"d\.csv: line 2: cell 'four' is not a number"):
+        read_csv(path, -1)
+
+
+def test_csv_unknown_label_column(tmp_path):
+    path = write_csv(tmp_path, "a,b,y\n1,2,0\n")
+    with pytest.raises(DataError, match="no column named 'label'; columns: a, b, y"):
+        read_csv(path, "label")
+    with pytest.raises(DataError, match="label column 3 does not exist; rows have 3 cells"):
+        read_csv(path, 3)
+
+
+def test_csv_empty_and_missing(tmp_path):
+    with pytest.raises(DataError, match="no rows"):
+        read_csv(write_csv(tmp_path, "\n\n"), 0)
+    with pytest.raises(DataError, match="file not found"):
+        read_csv(tmp_path / "none.csv", 0)
+
+
+# ----- datasets -----------------------------------------------------------------------------------
+
+def test_read_dataset_flattens_and_keeps_the_stored_dtype(tmp_path, rng):
+    x = rng.integers(0, 256, (5, 3, 2)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(5))
+    gx, gy, source = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"),
+                                   "x": "x", "y": "y"})
+    assert gx.shape == (5, 6) and gx.dtype == np.uint8 and source.endswith("d.npz")
+    np.testing.assert_array_equal(gx, x.reshape(5, 6))
+
+
+@pytest.mark.parametrize("x,y,text", [
+    (np.zeros((3, 2)), np.zeros(2), "3 inputs but 2 labels"),
+    (np.zeros((0, 2)), np.zeros(0), "empty"),
+    (np.array([[0, 1], [np.nan, 2]]), np.zeros(2), "example 1"),
+    (np.array([["a", "b"]]), np.zeros(1), "expected numbers"),
+])
+def test_read_dataset_refuses_bad_arrays(tmp_path, x, y, text):
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=text):
+        read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x", "y": "y"})
+
+
+def test_dataset_batch_scales_per_batch_and_keeps_raw_inputs(rng):
+    x = rng.integers(0, 256, (10, 4)).astype(np.uint8)
+    mean = np.array([1.0, 2.0, 3.0, 4.0])
+    data = Dataset(x, np.arange(10), mean, 0.5)
+    rows = np.array([7, 2, 2], np.int64)
+    for dtype in (np.float32, np.float64):
+        out = data.batch(rows, np.empty((3, 4), dtype))
+        assert out.dtype == dtype
+        np.testing.assert_allclose(out, (x[rows] - mean) * 0.5)
+    assert data.x.dtype == np.uint8
+    np.testing.assert_allclose(data.inputs(np.float64), (x - mean) * 0.5)
+
+
+def test_val_split_holds_out_the_last_examples(tmp_path, rng):
+    x = rng.standard_normal((20, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2)
+    cfg = resolve({"data": {"train": {"format": "npz", "path": "d.npz"}, "val_split": 5},
+                   "net": {"layers": [{"name": "fc", "type": "affine", "out": 2}],
+                           "loss": "softmax_cross_entropy"}}, base=tmp_path)
+    session = open_session(cfg)
+    train, val = session.splits["train"], session.splits["val"]
+    assert len(train) == 15 and len(val) == 5
+    np.testing.assert_array_equal(val.x, x[15:])
+    np.testing.assert_array_equal(train.y, np.arange(15) % 2)
+    assert train.y.dtype == np.int64
