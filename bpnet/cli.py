@@ -128,6 +128,107 @@ def gradcheck(config, random, layer, samples, eps, tol, seed, batch, as_json, ov
     sys.exit(0 if report.passed else 1)
 
 
+# ----- seeing inside the network: info, time, init-stats, plot ---------------------------------
+
+def _comma_list(convert, what):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = [convert(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"found {value!r}, expected {what} separated by commas")
+        if not items:
+            raise click.BadParameter(f"expected {what} separated by commas")
+        return items
+    return parse
+
+
+def _positive_float(text):
+    v = float(text)
+    if not v > 0 or v == float("inf"):
+        raise ValueError(text)
+    return v
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@SET
+def info(path, as_json, overrides):
+    """Layers, output shapes, parameter counts, initialisers and FLOPs of PATH (a config, run
+    folder or checkpoint); for a checkpoint, statistics of every parameter too.
+
+    Example: bpnet info configs/mnist_mlp.yaml
+    """
+    import json
+    from . import diagnostics
+    result = diagnostics.info(path, overrides)
+    click.echo(json.dumps(result, indent=2) if as_json else diagnostics.info_text(result))
+
+
+@cli.command(name="time")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Iterations averaged, after a warm-up.")
+@click.option("--batch", type=click.IntRange(min=1), help="Batch size (default: solver.batch_size).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@SET
+@THREADS
+def time_(config, iterations, batch, as_json, overrides, threads):
+    """Per-layer forward and backward milliseconds on random inputs, totals and samples/s.
+
+    Example: bpnet time configs/mnist_mlp.yaml --iterations 20 --batch 128
+    """
+    import json
+    from . import diagnostics
+    result = diagnostics.time_net(config, overrides, iterations=iterations, batch=batch)
+    click.echo(json.dumps(result, indent=2) if as_json else diagnostics.time_text(result))
+
+
+@cli.command(name="init-stats")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--init", "inits", callback=_comma_list(str, "initialiser names"),
+              metavar="NAME[,NAME...]", help="Put these initialisers (he, xavier, lecun...) on "
+              "every affine layer, one run each.")
+@click.option("--sweep", "variances", callback=_comma_list(_positive_float, "positive numbers"),
+              metavar="V[,V...]", help="Gaussian weights of these variances on every affine "
+              "layer, one run each, e.g. 0.001,0.01,0.02,0.1,1.0.")
+@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), help="Seed (default: the config's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also draw the variances against depth (needs matplotlib).")
+@SET
+def init_stats(config, inits, variances, batch, seed, as_json, plot, overrides):
+    """Variance of pre-activations (forward) and gradients (backward) per affine layer, for one
+    batch at initialisation, in float64: vanishing and exploding signals at a glance.
+
+    Example: bpnet init-stats configs/init_depth50.yaml --sweep 0.001,0.01,0.02,0.1,1.0
+    """
+    import json
+    from . import initstats
+    result = initstats.init_stats(config, overrides, inits=inits, variances=variances,
+                                  batch=batch, seed=seed, plot=plot)
+    click.echo(json.dumps(result, indent=2) if as_json else initstats.init_stats_text(result))
+    if plot:
+        click.echo(f"wrote {plot}", err=as_json)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Figure file (default: RUN_DIR/metrics.png, or compare.png for several).")
+def plot(runs, out):
+    """Loss, accuracy and learning rate against epoch from each run's metrics.csv, train and
+    validation, several runs on one figure (needs matplotlib: pip install 'bpnet[plot]').
+
+    Example: bpnet plot runs/mnist_mlp runs/mnist_deep --out compare.png
+    """
+    from .plot import plot_runs
+    click.echo(f"wrote {plot_runs(runs, out)}")
+
+
 def main(argv=None):
     """Run the CLI: user errors become one ``Error:`` line and exit status 2 (3 on divergence)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
