@@ -1,0 +1,216 @@
+"""bpnet info, time, init-stats and plot, end to end through the CLI on small inputs."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bpnet.cli import cli
+from bpnet.config import load_config
+from bpnet.errors import BpnetError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEPTH50 = CONFIGS / "init_depth50.yaml"
+REGRESSION = CONFIGS / "regression_random.yaml"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def run_json(*args):
+    """The JSON a command prints; raw_decode ignores any 'wrote FILE' line after it."""
+    return json.JSONDecoder().raw_decode(run(*args, "--json"))[0]
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory):
+    """configs/regression_random.yaml trained as shipped (100 epochs, about a second)."""
+    out = tmp_path_factory.mktemp("runs") / "regression"
+    run("train", REGRESSION, "--out", out, "--quiet")
+    return out
+
+
+def expected_params(config):
+    """Parameter count per layer from the config's shapes: affine n_in * out + out."""
+    cfg = load_config(config)
+    width, counts = cfg["net"]["input"], []
+    if width is None:
+        width = np.load(cfg["data"]["train"]["path"])["x"].shape[1]
+    for layer in cfg["net"]["layers"]:
+        if layer["type"] == "affine":
+            counts.append(width * layer["out"] + layer["out"])
+            width = layer["out"]
+        else:
+            counts.append(0)
+    return counts
+
+
+# ----- info ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", [DEPTH50, REGRESSION])
+def test_info_counts_parameters_from_the_layer_shapes(config):
+    result = run_json("info", config)
+    counts = [layer["params"] for layer in result["layers"]]
+    assert counts == expected_params(config)
+    assert result["params"] == sum(counts)
+    for key in ("flops_forward", "flops_backward"):
+        assert result[key] == sum(layer[key] for layer in result["layers"])
+    for layer in result["layers"]:
+        if layer["type"] == "affine":  # two FLOPs per multiply-add, plus the bias
+            assert layer["flops_forward"] == 2 * layer["n_in"] * layer["n_out"] + layer["n_out"]
+    text = run("info", config)
+    assert f"{result['params']:,}" in text.splitlines()[-1]
+    assert "init=he" in text
+
+
+def test_info_of_the_init_depth50_config_has_51_affine_layers_of_100():
+    result = run_json("info", DEPTH50)
+    affine = [l for l in result["layers"] if l["type"] == "affine"]
+    assert len(affine) == 51 and {l["n_out"] for l in affine} == {100}
+    assert sum(l["type"] == "relu" for l in result["layers"]) == 50
+    assert result["input"] == 100 and result["loss"] == "mse"
+
+
+def test_info_of_a_run_and_a_checkpoint_gives_parameter_statistics(regression_run):
+    by_folder = run_json("info", regression_run)
+    checkpoint = Path(by_folder["source"])
+    assert checkpoint.parent == regression_run / "checkpoints"
+    by_file = run_json("info", checkpoint)
+    assert by_file["checkpoint"] == by_folder["checkpoint"]
+    assert by_folder["checkpoint"]["epoch"] == 100
+    with np.load(checkpoint) as z:
+        for s in by_folder["checkpoint"]["stats"]:
+            a = z[f"param/{s['name']}"].astype(np.float64)
+            assert s["shape"] == list(a.shape)
+            assert s["mean"] == pytest.approx(a.mean()) and s["std"] == pytest.approx(a.std())
+            assert (s["min"], s["max"]) == (pytest.approx(a.min()), pytest.approx(a.max()))
+            assert s["zeros"] == pytest.approx(np.mean(a == 0))
+    assert "fc1.W" in run("info", regression_run)
+
+
+def test_info_of_a_folder_that_is_no_run_names_it(tmp_path):
+    result = CliRunner().invoke(cli, ["info", str(tmp_path)])
+    assert isinstance(result.exception, BpnetError) and str(tmp_path) in str(result.exception)
+
+
+# ----- time ------------------------------------------------------------------------------------
+
+def test_time_reports_every_layer_and_sums_them():
+    result = run_json("time", REGRESSION, "--iterations", 3, "--batch", 8)
+    names = [l["name"] for l in result["layers"]]
+    assert names == [l["name"] for l in load_config(REGRESSION)["net"]["layers"]] + ["loss"]
+    assert all(l["forward_ms"] >= 0 and l["backward_ms"] >= 0 for l in result["layers"])
+    for key in ("forward_ms", "backward_ms"):
+        assert result[key] == pytest.approx(sum(l[key] for l in result["layers"]))
+    for part in (result, result["net"]):
+        assert part["total_ms"] == pytest.approx(part["forward_ms"] + part["backward_ms"])
+        assert part["samples_per_sec"] == pytest.approx(8 / (part["total_ms"] / 1000))
+    assert (result["batch"], result["iterations"]) == (8, 3)
+    text = run("time", REGRESSION, "--iterations", 2)
+    assert "samples/s" in text and "fc2" in text and "batch 10" in text
+
+
+# ----- init-stats ------------------------------------------------------------------------------
+
+SWEEP = (0.001, 0.01, 0.02, 0.1, 1.0)
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    result = run_json("init-stats", DEPTH50, "--sweep", ",".join(map(str, SWEEP)),
+                      "--batch", 200)
+    return {run["variance"]: run for run in result["runs"]}
+
+
+def test_init_stats_reports_every_affine_layer_for_every_variance(sweep):
+    assert sorted(sweep) == sorted(SWEEP)
+    for r in sweep.values():
+        assert len(r["forward"]) == len(r["backward"]) == 51
+        assert all(v is not None and v > 0 for v in r["forward"] + r["backward"])
+
+
+def test_he_variance_keeps_forward_and_backward_variance_steady(sweep):
+    he = sweep[0.02]
+    forward = np.array(he["forward"]) / he["forward"][0]
+    assert np.all((forward > 1e-3) & (forward < 1e3))
+    assert np.mean((forward > 0.1) & (forward < 10)) >= 0.8  # "usually within 10"
+    backward = np.array(he["backward"][:50]) / he["backward"][49]  # read from the top
+    assert np.all((backward > 1e-3) & (backward < 1e3))
+
+
+@pytest.mark.parametrize("variance", [0.1, 1.0])
+def test_large_variances_explode_by_more_than_ten_orders(sweep, variance):
+    r = sweep[variance]
+    assert r["forward"][49] / r["forward"][0] > 1e10  # growing upwards
+    assert r["backward"][0] / r["backward"][49] > 1e10  # and the gradient growing downwards
+    assert np.all(np.diff(np.log(r["forward"])) > 0)
+
+
+@pytest.mark.parametrize("variance", [0.001, 0.01])
+def test_small_variances_vanish_by_more_than_ten_orders(sweep, variance):
+    r = sweep[variance]
+    assert r["forward"][49] / r["forward"][0] < 1e-10
+    assert r["backward"][0] / r["backward"][49] < 1e-10
+    assert np.all(np.diff(np.log(r["forward"])) < 0)
+
+
+def test_init_stats_with_named_initialisers_and_a_plot(tmp_path):
+    out = tmp_path / "depth.png"
+    result = run_json("init-stats", DEPTH50, "--init", "he,lecun", "--batch", 100,
+                      "--plot", out)
+    he, lecun = result["runs"]
+    assert (he["init"], lecun["init"]) == ("he", "lecun")
+    assert 1e-3 < he["forward"][49] / he["forward"][0] < 1e3
+    assert lecun["forward"][49] / lecun["forward"][0] < 1e-10  # variance 1/n halves per layer
+    assert out.read_bytes().startswith(PNG)
+    text = run("init-stats", DEPTH50, "--batch", 50)
+    assert "last/first" in text and "fc50" in text
+
+
+def test_init_stats_refuses_init_and_sweep_together():
+    result = CliRunner().invoke(cli, ["init-stats", str(DEPTH50), "--init", "he",
+                                      "--sweep", "0.1"])
+    assert isinstance(result.exception, BpnetError) and "not both" in str(result.exception)
+
+
+# ----- plot and the regression experiment ------------------------------------------------------
+
+def test_regression_random_loss_falls(regression_run):
+    lines = (regression_run / "metrics.csv").read_text().splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    loss = [float(r[header.index("train_loss")]) for r in rows]
+    lr = [float(r[header.index("lr")]) for r in rows]
+    assert len(loss) == 100 and loss[-1] < loss[0] / 5
+    assert lr[0] == pytest.approx(0.01) and lr[10] == pytest.approx(0.005)  # halved every 10
+
+
+def test_plot_draws_one_run_and_compares_several(regression_run, tmp_path, mnist_config):
+    assert run("plot", regression_run).strip().endswith("metrics.png")
+    assert (regression_run / "metrics.png").read_bytes().startswith(PNG)
+    classifier = tmp_path / "classifier"
+    run("train", mnist_config(), "--out", classifier, "--quiet")
+    out = tmp_path / "both.png"
+    run("plot", regression_run, classifier, "--out", out)
+    assert out.read_bytes().startswith(PNG)
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(regression_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    result = CliRunner().invoke(cli, ["plot", str(regression_run), "--out",
+                                      str(tmp_path / "x.png")])
+    assert isinstance(result.exception, BpnetError)
+    assert "pip install 'bpnet[plot]'" in str(result.exception)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_of_a_folder_without_metrics_names_it(tmp_path):
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
+    assert isinstance(result.exception, BpnetError) and "metrics.csv" in str(result.exception)
