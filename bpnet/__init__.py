@@ -9,6 +9,9 @@ The public API, loaded on first use so that importing bpnet (and ``bpnet --help`
     evaluate_run(run, data)           -> {"loss", "accuracy", "n", "confusion", ...}
     gradcheck(config, ...)            -> gradcheck.Report
     check_net / check_layer / check_loss  (gradient checks on objects)
+    info(path) / time_net(config)     -> layers, parameters, FLOPs / per-layer milliseconds
+    init_stats(config, variances=...) -> forward and backward variances per affine layer
+    plot_runs(run_dirs, out)          -> the figure of loss, accuracy and learning rate
 """
 
 __version__ = "0.1.0"
@@ -19,6 +22,8 @@ _API = {
     "predict_file": "api", "gradcheck": "api", "check_net": "gradcheck",
     "check_layer": "gradcheck", "check_loss": "gradcheck", "LAYERS": "layers", "LOSSES": "losses",
     "Solver": "solver", "BpnetError": "errors",
+    "info": "diagnostics", "time_net": "diagnostics", "init_stats": "initstats",
+    "plot_runs": "plot",
 }
 
 
