@@ -72,31 +72,34 @@ def mnist_slice(tmp_path_factory):
     return paths
 
 
+def small_mnist_config(folder, mnist_slice, name="small", **sections):
+    """Write a small MNIST config (784-32-dropout-10, 800 train / 200 val / 500 test) to
+    ``folder``; each keyword replaces or updates one top-level section."""
+    cfg = {
+        "name": name,
+        "seed": 3,
+        "data": {"train": {"format": "npz", "path": str(mnist_slice["train"])},
+                 "test": {"format": "npz", "path": str(mnist_slice["test"])},
+                 "val_split": 200, "scale": 1 / 255},
+        "net": {"layers": [{"name": "fc1", "type": "affine", "out": 32},
+                           {"name": "relu1", "type": "relu"},
+                           {"name": "drop1", "type": "dropout", "rate": 0.2},
+                           {"name": "fc2", "type": "affine", "out": 10}],
+                "loss": "softmax_cross_entropy"},
+        "solver": {"type": "sgd", "lr": 0.1, "momentum": 0.9, "batch_size": 50,
+                   "epochs": 2, "lr_policy": "step", "stepsize": 1, "gamma": 0.5},
+        "checkpoint": {"every": 1, "keep": 0},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return write_yaml(Path(folder) / f"{name}.yaml", cfg)
+
+
 @pytest.fixture
 def mnist_config(tmp_path, mnist_slice):
-    """A small MNIST config (784-32-dropout-10) written to tmp_path; call with overrides."""
-
-    def write(name="small", **sections):
-        cfg = {
-            "name": name,
-            "seed": 3,
-            "data": {"train": {"format": "npz", "path": str(mnist_slice["train"])},
-                     "test": {"format": "npz", "path": str(mnist_slice["test"])},
-                     "val_split": 200, "scale": 1 / 255},
-            "net": {"layers": [{"name": "fc1", "type": "affine", "out": 32},
-                               {"name": "relu1", "type": "relu"},
-                               {"name": "drop1", "type": "dropout", "rate": 0.2},
-                               {"name": "fc2", "type": "affine", "out": 10}],
-                    "loss": "softmax_cross_entropy"},
-            "solver": {"type": "sgd", "lr": 0.1, "momentum": 0.9, "batch_size": 50,
-                       "epochs": 2, "lr_policy": "step", "stepsize": 1, "gamma": 0.5},
-            "checkpoint": {"every": 1, "keep": 0},
-        }
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-                cfg[key] = {**cfg[key], **value}
-            else:
-                cfg[key] = value
-        return write_yaml(tmp_path / f"{name}.yaml", cfg)
-
-    return write
+    """``small_mnist_config`` writing into this test's tmp_path."""
+    return lambda name="small", **sections: small_mnist_config(tmp_path, mnist_slice, name,
+                                                               **sections)
