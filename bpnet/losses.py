@@ -53,6 +53,10 @@ class Loss:
         if not isinstance(t, np.ndarray) or t.shape != shape or t.dtype != dtype:
             found = (t.shape, str(t.dtype)) if isinstance(t, np.ndarray) else type(t).__name__
             raise ShapeError(f"loss {self.type_name}: targets {found}, expected {shape} {dtype}")
+        # the kernels index by label without bounds checks: a bad one would write out of bounds
+        if self.target_kind == "class" and len(t) and (t.min() < 0 or t.max() >= self.n_in):
+            raise ShapeError(f"loss {self.type_name}: labels from {t.min()} to {t.max()}, "
+                             f"expected classes 0..{self.n_in - 1}")
         return t
 
     def targets_from(self, y, source):

@@ -151,6 +151,15 @@ def test_loss_rejects_bad_inputs_and_targets(type_name, rng):
         make_loss(type_name).backward()
 
 
+def test_class_labels_out_of_range_are_refused(rng):
+    """The fused kernel indexes by label; a label past the last class must never reach it."""
+    loss = make_loss("softmax_cross_entropy", n_in=3)
+    z = rng.standard_normal((2, 3))
+    for labels in ([0, 3], [-1, 1]):
+        with pytest.raises(ShapeError, match=r"expected classes 0\.\.2"):
+            loss.forward(z, np.array(labels, np.int64))
+
+
 # ----- the no-mutation rule -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)

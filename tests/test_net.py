@@ -185,6 +185,8 @@ def test_bad_input_is_refused(rng):
             net.predict(bad)
     with pytest.raises(ShapeError):
         net.forward(x, np.zeros(3, np.int64))
+    with pytest.raises(ShapeError, match="expected classes 0..3"):
+        net.forward(x, np.array([0, 1, 2, 4]))
 
 
 # ----- parameters by name -------------------------------------------------------------------------

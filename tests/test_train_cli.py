@@ -278,6 +278,7 @@ def test_predict_npy_and_csv_agree_with_eval(trained, mnist_slice, tmp_path):
 def test_gradcheck_passes_on_the_config_data(mnist_config):
     result = bpnet("gradcheck", mnist_config(), "--samples", "20")
     assert "all passed" in result.output
+    assert "cost: one backprop gradient" in result.output
     for name in ("fc1.W", "fc1.b", "fc2.W", "fc2.b", "input"):
         assert name in result.output
 
