@@ -2,6 +2,7 @@
 and ``--set`` overrides."""
 
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,20 @@ def test_defaults_are_filled_and_paths_made_absolute(config_file, tmp_path):
                                        "lr_mult": 1.0, "decay_mult": 1.0}
     assert cfg["data"]["train"]["path"] == str(tmp_path / "train.npz")
     assert cfg["seed"] == 0 and cfg["name"] == "tiny"
+
+
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg["net"]["layers"] and cfg["net"]["loss"] in LOSSES
+    for split in ("train", "test", "val"):
+        spec = (cfg["data"] or {}).get(split)
+        for key in ("images", "labels", "path"):
+            if spec and key in spec:
+                assert Path(spec[key]).is_file(), f"{path.name}: data.{split}.{key} is missing"
 
 
 def test_name_defaults_to_the_file_stem(config_file):

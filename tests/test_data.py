@@ -65,8 +65,9 @@ def test_idx_reads_the_shipped_mnist_labels():
 def test_idx_truncated_data(tmp_path, suffix):
     data = idx_bytes(np.zeros((10, 8, 8), np.uint8))
     assert "truncated" in idx_error(write(tmp_path / f"t.idx{suffix}", data[:-1]))
-    assert "truncated" in idx_error(write(tmp_path / f"u.idx{suffix}", data[:200])) \
-        or "does not hold" in idx_error(tmp_path / f"u.idx{suffix}")
+    # far too short: plain files fail on their size, .gz files on their stored length
+    message = idx_error(write(tmp_path / f"u.idx{suffix}", data[:200]))
+    assert "truncated" in message or "does not hold" in message
 
 
 def test_idx_gzip_cut_short(tmp_path):
@@ -79,8 +80,8 @@ def test_idx_gzip_cut_short(tmp_path):
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_idx_extra_bytes(tmp_path, suffix):
     data = idx_bytes(np.zeros((4, 4), np.uint8)) + b"\x01"
-    assert "more than" in idx_error(write(tmp_path / f"x.idx{suffix}", data)) \
-        or "does not hold" in idx_error(tmp_path / f"x.idx{suffix}")
+    message = idx_error(write(tmp_path / f"x.idx{suffix}", data))
+    assert "more than" in message or "does not hold" in message
 
 
 @pytest.mark.parametrize("head", [b"", b"\x00", b"\x00\x01\x08\x01", b"\x00\x00\x07\x01",
