@@ -182,7 +182,8 @@ def time_(config, iterations, batch, as_json, overrides, threads):
     """
     import json
     from . import diagnostics
-    result = diagnostics.time_net(config, overrides, iterations=iterations, batch=batch)
+    result = diagnostics.time_net(config, overrides, iterations=iterations, batch=batch,
+                                  threads=threads)
     click.echo(json.dumps(result, indent=2) if as_json else diagnostics.time_text(result))
 
 

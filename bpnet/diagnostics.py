@@ -134,17 +134,18 @@ def random_batch(net, batch, rng):
     return x, t
 
 
-def time_net(config, overrides=(), iterations=10, batch=None, warmup=2):
+def time_net(config, overrides=(), iterations=10, batch=None, warmup=2, threads=None):
     """Per-layer forward and backward milliseconds per batch, averaged over ``iterations``.
 
     Layers run one at a time through their public forward/backward (an Affine and its
     activation separately), so the layer sums show where time goes; ``net`` is the fused
-    training step of Net.forward + Net.backward on the same batch.
+    training step of Net.forward + Net.backward on the same batch. ``threads`` (BLAS) wins
+    over the config's.
     """
     cfg = load_config(config, overrides)
-    if cfg["threads"]:
+    if threads or cfg["threads"]:
         from .api import set_threads
-        set_threads(cfg["threads"])
+        set_threads(threads or cfg["threads"])
     net = net_for(cfg, config)
     batch = batch or cfg["solver"]["batch_size"]
     x, t = random_batch(net, batch, np.random.default_rng(cfg["seed"]))

@@ -88,7 +88,9 @@ def plot_runs(run_dirs, out=None):
                        for row in rows]
                 _line(axes["accuracy"], epochs, acc, style, colour, f"{label} {split}")
         _line(axes["learning rate"], epochs, [row.get("lr") for row in rows], "-", colour, label)
+    from matplotlib.ticker import MaxNLocator
     for name, ax in axes.items():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(True, alpha=0.3)

@@ -1,0 +1,553 @@
+"""Benchmark: bpnet against PyTorch, scikit-learn and plain numpy on MNIST, on this machine.
+
+Every runner trains the same network (He-normal weights, zero biases, float32) with the same
+momentum SGD (learning rate, momentum, batch size, per-epoch shuffle order) and the same number
+of threads. Each runner lives in its own worker process, started before the first epoch and kept
+until the last, so its peak RSS (``ru_maxrss``) is its own; the coordinator tells one worker at a
+time to run one epoch, rotating the order every epoch, so machine noise falls on all of them
+alike. A ``gemm`` worker runs exactly the matrix products of bpnet's epoch (same shapes, same
+layouts, numpy/OpenBLAS) in the same rotation: that time is the GEMM floor.
+
+Also measured for bpnet itself (skip with --skip-cli): ``bpnet --help`` wall time, the fixed
+overhead of ``bpnet train`` up to its first batch with warm kernel caches, and the time to 98%
+test accuracy and peak RSS of ``bpnet train configs/mnist_mlp.yaml`` from the command's start.
+
+    python scripts/bench.py                          # all networks, all peers, ~15 minutes
+    python scripts/bench.py --nets small,medium --epochs 3 --json bench.json
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST = ROOT / "data" / "mnist"
+
+# name: (hidden sizes, activation, batch size, learning rate)
+NETS = {
+    "small": ((128,), "relu", 64, 0.05),
+    "medium": ((512, 512), "relu", 128, 0.05),
+    "large": ((2048, 2048), "relu", 256, 0.05),
+    "sigmoid": ((1024,) * 4, "sigmoid", 256, 0.5),
+}
+MOMENTUM = 0.9
+RUNNERS = ("bpnet", "torch", "sklearn", "numpy", "gemm")
+LABELS = {"bpnet": "bpnet", "torch": "PyTorch", "sklearn": "scikit-learn",
+          "numpy": "plain numpy", "gemm": "GEMM floor"}
+
+
+# ----- worker side: one runner, driven over stdin/stdout -----------------------------------------
+
+def load_mnist():
+    """(x_train uint8 (60000, 784), y_train int64, x_test, y_test) from the IDX files."""
+    import numpy as np
+    from bpnet.data import read_idx
+
+    def part(kind):
+        x = read_idx(MNIST / f"{kind}-images-idx3-ubyte.gz").reshape(-1, 784)
+        return x, read_idx(MNIST / f"{kind}-labels-idx1-ubyte.gz").astype(np.int64)
+
+    return (*part("train"), *part("t10k"))
+
+
+def epoch_order(seed, epoch, n):
+    import numpy as np
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def he_weights(sizes, seed):
+    """Weights (n_out, n_in) float32, normal with std sqrt(2 / n_in); one generator for all runners."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((o, i)) * np.sqrt(2.0 / i)).astype(np.float32)
+            for i, o in zip(sizes[:-1], sizes[1:])]
+
+
+class BpnetRunner:
+    """bpnet's Python API, with the calls of ``Trainer._run_epoch`` in the same order."""
+
+    def __init__(self, hidden, act, batch, lr, weights, data):
+        import numpy as np
+        from bpnet.build import build_net
+        from bpnet.config import resolve
+        from bpnet.data import Dataset
+        from bpnet.solver import Solver
+
+        layers = []
+        for i, n in enumerate(hidden, 1):
+            layers += [{"name": f"fc{i}", "type": "affine", "out": n, "init": "he"},
+                       {"name": f"act{i}", "type": act}]
+        layers.append({"name": f"fc{len(hidden) + 1}", "type": "affine", "out": 10, "init": "he"})
+        cfg = resolve({"threads": 0, "net": {"layers": layers, "loss": "softmax_cross_entropy"},
+                       "solver": {"type": "sgd", "lr": lr, "momentum": MOMENTUM,
+                                  "batch_size": batch, "lr_policy": "fixed"}})
+        self.net = build_net(cfg, 784)
+        for i, w in enumerate(weights, 1):  # the shared draw, so every runner starts equal
+            self.net.params[f"fc{i}.W"].data[...] = w
+        x, y, xt, yt = data
+        self.train = Dataset(x, self.net.loss.targets_from(y, None), 0.0, 1 / 255)
+        self.test = Dataset(xt, self.net.loss.targets_from(yt, None), 0.0, 1 / 255)
+        self.solver, self.batch, self.lr = Solver(cfg["solver"], self.net.params), batch, lr
+        self.np = np
+
+    def epoch(self, order):
+        import math
+        net, data, bs, buffers = self.net, self.train, self.batch, {}
+        for b in range(math.ceil(len(order) / bs)):
+            rows = order[b * bs:(b + 1) * bs]
+            x = buffers.get(len(rows))
+            if x is None:
+                x = buffers[len(rows)] = self.np.empty((len(rows), data.n_features), net.dtype)
+            data.batch(rows, x)
+            loss, correct = net.forward(x, data.y[rows])
+            if math.isfinite(loss):
+                net.backward()
+            self.solver.step(self.lr)
+            net.zero_grad()
+
+    def accuracy(self):
+        from bpnet.session import evaluate
+        return evaluate(self.net, self.test)["accuracy"]
+
+
+class TorchRunner:
+    """PyTorch as its tutorials write it: nn.Sequential, optim.SGD, F.cross_entropy."""
+
+    def __init__(self, hidden, act, batch, lr, weights, data, threads):
+        import torch
+        torch.set_num_threads(threads)
+        sizes = [784, *hidden, 10]
+        mods = []
+        for i, (w, n_in, n_out) in enumerate(zip(weights, sizes[:-1], sizes[1:])):
+            lin = torch.nn.Linear(n_in, n_out)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w))
+                lin.bias.zero_()
+            mods.append(lin)
+            if i < len(hidden):
+                mods.append(torch.nn.ReLU() if act == "relu" else torch.nn.Sigmoid())
+        self.model = torch.nn.Sequential(*mods)
+        # PyTorch's v = m v + g; w -= lr v is Caffe's form scaled by lr: the same steps at fixed lr
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=MOMENTUM)
+        x, y, xt, yt = data
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.xt, self.yt = torch.from_numpy(xt), torch.from_numpy(yt)
+        self.batch, self.torch = batch, torch
+
+    def epoch(self, order):
+        torch, F = self.torch, self.torch.nn.functional
+        order = torch.from_numpy(order)
+        for start in range(0, len(order), self.batch):
+            rows = order[start:start + self.batch]
+            xb = self.x[rows].float().mul_(1 / 255)
+            loss = F.cross_entropy(self.model(xb), self.y[rows])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+    def accuracy(self):
+        with self.torch.no_grad():
+            out = self.model(self.xt.float().mul_(1 / 255))
+            return float((out.argmax(1) == self.yt).float().mean())
+
+
+class SklearnRunner:
+    """MLPClassifier, solver='sgd', one partial_fit per epoch over the epoch's shuffled copy."""
+
+    def __init__(self, hidden, act, batch, lr, weights, data):
+        import numpy as np
+        from sklearn.neural_network import MLPClassifier
+        x, y, xt, yt = data
+        self.x, self.y = x, y
+        self.xt = xt.astype(np.float32) / np.float32(255)
+        self.yt = yt
+        self.clf = MLPClassifier(hidden, activation="relu" if act == "relu" else "logistic",
+                                 solver="sgd", learning_rate="constant", learning_rate_init=1e-30,
+                                 momentum=MOMENTUM, nesterovs_momentum=False, batch_size=batch,
+                                 alpha=0.0, shuffle=False, random_state=0)
+        # one step with a negligible rate creates the model and its optimizer; then the shared
+        # He weights, zero biases, zero velocities and the real rate go in
+        self.clf.partial_fit(self.xt[:batch], yt[:batch], classes=np.arange(10))
+        for c, w in zip(self.clf.coefs_, weights):
+            c[...] = w.T
+        for b in self.clf.intercepts_:
+            b[...] = 0
+        for v in self.clf._optimizer.velocities:
+            v[...] = 0
+        self.clf._optimizer.learning_rate = self.clf.learning_rate_init = lr
+        self.np = np
+
+    def epoch(self, order):
+        np = self.np
+        x = self.x[order].astype(np.float32)
+        x *= np.float32(1 / 255)
+        self.clf.partial_fit(x, self.y[order])
+
+    def accuracy(self):
+        return float((self.clf.predict(self.xt) == self.yt).mean())
+
+
+class NumpyRunner:
+    """The same maths in vectorised numpy, written plainly (temporaries allowed, no numba)."""
+
+    def __init__(self, hidden, act, batch, lr, weights, data):
+        import numpy as np
+        self.np, self.act, self.batch = np, act, batch
+        self.W = [w.copy() for w in weights]
+        self.b = [np.zeros(w.shape[0], np.float32) for w in weights]
+        self.vW = [np.zeros_like(w) for w in self.W]
+        self.vb = [np.zeros_like(b) for b in self.b]
+        self.lr, self.m = np.float32(lr), np.float32(MOMENTUM)
+        self.x, self.y, self.xt, self.yt = data
+
+    def _f(self, z):
+        np = self.np
+        return np.maximum(z, 0) if self.act == "relu" else 1 / (1 + np.exp(-z))
+
+    def _df(self, h):
+        return (h > 0).astype(h.dtype) if self.act == "relu" else h * (1 - h)
+
+    def forward(self, x):
+        hs = [x]
+        for i, (W, b) in enumerate(zip(self.W, self.b)):
+            z = hs[-1] @ W.T + b
+            hs.append(z if i == len(self.W) - 1 else self._f(z))
+        return hs
+
+    def epoch(self, order):
+        np = self.np
+        scale = np.float32(1 / 255)
+        for start in range(0, len(order), self.batch):
+            rows = order[start:start + self.batch]
+            hs = self.forward(self.x[rows].astype(np.float32) * scale)
+            z = hs.pop()
+            p = np.exp(z - z.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            p[np.arange(len(rows)), self.y[rows]] -= 1
+            g = p / np.float32(len(rows))
+            for i in range(len(self.W) - 1, -1, -1):
+                h = hs[i]
+                gW, gb = g.T @ h, g.sum(axis=0)
+                if i:
+                    g = (g @ self.W[i]) * self._df(h)
+                for w, v, dw in ((self.W[i], self.vW[i], gW), (self.b[i], self.vb[i], gb)):
+                    v *= self.m
+                    v += self.lr * dw
+                    w -= v
+
+    def accuracy(self):
+        np = self.np
+        out = self.forward(self.xt.astype(np.float32) / np.float32(255))[-1]
+        return float((out.argmax(1) == self.yt).mean())
+
+
+class GemmRunner:
+    """Only the matrix products of bpnet's epoch, with its layouts and ``out=`` arrays."""
+
+    def __init__(self, hidden, act, batch, lr, weights, data):
+        import numpy as np
+        self.np, self.batch, self.W = np, batch, weights
+        self.flops_per_sample = sum(2 * w.size * (3 if i else 2) for i, w in enumerate(weights))
+        self.arrays = {}
+
+    def _arrays(self, n):
+        if n not in self.arrays:
+            np = self.np
+            rng = np.random.default_rng(0)
+            self.arrays[n] = [(rng.random((n, w.shape[1]), np.float32),      # layer input
+                               np.empty((n, w.shape[0]), np.float32),        # output / its grad
+                               np.empty_like(w), np.empty((n, w.shape[1]), np.float32))
+                              for w in self.W]
+        return self.arrays[n]
+
+    def epoch(self, order):
+        np = self.np
+        for start in range(0, len(order), self.batch):
+            arrays = self._arrays(min(self.batch, len(order) - start))
+            for W, (x, y, gW, dx) in zip(self.W, arrays):
+                np.matmul(x, W.T, out=y)
+            for i in range(len(self.W) - 1, -1, -1):
+                x, dy, gW, dx = arrays[i]
+                np.matmul(dy.T, x, out=gW)
+                if i:
+                    np.matmul(dy, self.W[i], out=dx)
+
+    def accuracy(self):
+        return None
+
+
+def worker(runner, net, threads, seed):
+    """Serve ``epoch N`` and ``finish`` commands on stdin; answer one JSON line each."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=threads, user_api="blas")
+    hidden, act, batch, lr = NETS[net]
+    data = load_mnist()
+    weights = he_weights([784, *hidden, 10], seed)
+    cls = {"bpnet": BpnetRunner, "torch": TorchRunner, "sklearn": SklearnRunner,
+           "numpy": NumpyRunner, "gemm": GemmRunner}[runner]
+    args = (hidden, act, batch, lr, weights, data) + ((threads,) if runner == "torch" else ())
+    model = cls(*args)
+    n = len(data[0])
+
+    def answer(**kw):
+        kw["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(kw), flush=True)
+
+    answer(ready=True)
+    for line in sys.stdin:
+        cmd, *rest = line.split()
+        if cmd == "epoch":
+            order = epoch_order(seed, int(rest[0]), n)
+            started = time.perf_counter()
+            model.epoch(order)
+            answer(seconds=time.perf_counter() - started)
+        elif cmd == "finish":
+            answer(accuracy=model.accuracy(),
+                   flops_per_sample=getattr(model, "flops_per_sample", None))
+            return
+
+
+# ----- coordinator side -------------------------------------------------------------------------
+
+class Worker:
+    def __init__(self, runner, net, threads, seed):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+        self.runner = runner
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", runner, "--nets", net, "--threads", str(threads),
+             "--seed", str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, command=None):
+        if command:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.runner} worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+
+def bench_net(net, runners, epochs, threads, seed, log):
+    """Interleaved epochs of every runner on one network; returns the per-runner results."""
+    workers = {r: Worker(r, net, threads, seed) for r in runners}
+    results = {r: {"epochs": []} for r in runners}
+    try:
+        for r, w in workers.items():
+            results[r]["setup_mb"] = w.ask()["peak_mb"]
+        names = list(runners)
+        for e in range(epochs + 1):  # epoch 0 is the warm-up
+            turn = names[e % len(names):] + names[:e % len(names)]
+            for r in turn:
+                seconds = workers[r].ask(f"epoch {e}")["seconds"]
+                results[r]["epochs"].append(seconds)
+                log(f"  {net} epoch {e}{' (warm-up)' if e == 0 else ''} {r}: {seconds:.2f} s")
+        for r, w in workers.items():
+            end = w.ask("finish")
+            results[r].update(accuracy=end["accuracy"], peak_mb=end["peak_mb"])
+            if end["flops_per_sample"]:
+                results[r]["flops_per_sample"] = end["flops_per_sample"]
+    finally:
+        for w in workers.values():
+            w.proc.stdin.close()
+            w.proc.wait()
+    for r in results.values():
+        r["median_s"] = statistics.median(r["epochs"][1:])
+        r["samples_per_s"] = 60000 / r["median_s"]
+    return results
+
+
+def bench_cli(threads, log):
+    """bpnet --help, warm overhead to the first batch, time to 98% and peak RSS of training."""
+    bpnet = [sys.executable, "-m", "bpnet"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = {}
+
+    helps = []
+    for _ in range(5):
+        started = time.perf_counter()
+        subprocess.run(bpnet + ["--help"], check=True, stdout=subprocess.DEVNULL, env=env)
+        helps.append(time.perf_counter() - started)
+    out["help_s"] = statistics.median(helps)
+    log(f"  bpnet --help: {out['help_s']:.3f} s")
+
+    # The real command, stopped at its first batch: the child notes the wall clock when
+    # Net.forward is first called in training mode and exits.
+    probe = ("import os, sys, time\n"
+             "import bpnet.net as n\n"
+             "def first(self, *a, **k):\n"
+             "    print(time.time(), flush=True); os._exit(0)\n"
+             "n.Net.forward = first\n"
+             "from bpnet.cli import cli\n"
+             "cli(sys.argv[1:])\n")
+    overheads = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(4):  # the first run may compile or fill caches; it is not counted
+            started = time.time()
+            run = subprocess.run([sys.executable, "-c", probe, "train", "--quiet",
+                                  str(ROOT / "configs" / "mnist_mlp.yaml"), "--out",
+                                  f"{tmp}/o{i}", "--threads", str(threads)],
+                                 check=True, capture_output=True, text=True, env=env)
+            overheads.append(float(run.stdout.split()[-1]) - started)
+    out["overhead_s"] = statistics.median(overheads[1:])
+    log(f"  bpnet train, start to first batch (warm): {out['overhead_s']:.3f} s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        proc = subprocess.Popen(bpnet + ["train", str(ROOT / "configs" / "mnist_mlp.yaml"),
+                                         "--out", f"{tmp}/run", "--threads", str(threads)],
+                                stdout=subprocess.PIPE, text=True, env=env)
+        out["time_to_98_s"], out["epochs"] = None, []
+        for line in proc.stdout:
+            if not line.startswith("epoch "):
+                continue
+            acc = float(line.split("test loss")[1].split("acc")[1].split("%")[0])
+            elapsed = time.perf_counter() - started
+            out["epochs"].append({"test_acc": acc, "elapsed_s": elapsed})
+            log(f"  {line.strip()}  [{elapsed:.1f} s since start]")
+            if acc >= 98.0 and out["time_to_98_s"] is None:
+                out["time_to_98_s"] = elapsed
+        _, status, usage = os.wait4(proc.pid, 0)
+        out["train_total_s"] = time.perf_counter() - started
+        out["train_peak_mb"] = usage.ru_maxrss / 1024
+        out["final_test_acc"] = out["epochs"][-1]["test_acc"] if out["epochs"] else None
+    return out
+
+
+def machine(threads):
+    import numpy as np
+    from threadpoolctl import threadpool_info
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "sklearn", "numba"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "blas": ", ".join(blas), "threads": threads,
+            "versions": versions}
+
+
+def targets(nets, cli):
+    """(target, measured, met) rows for the issue's goals."""
+    rows = []
+
+    def ratio(net, a, b):
+        r = nets.get(net)
+        if r and a in r and b in r:
+            return r[a]["median_s"] / r[b]["median_s"]
+        return None
+
+    def add(text, value, limit, fmt="{:.2f}", below=True):
+        if value is not None:
+            rows.append((text, fmt.format(value), value <= limit if below else value >= limit))
+
+    add("medium: bpnet / PyTorch <= 0.70", ratio("medium", "bpnet", "torch"), 0.70)
+    add("medium: bpnet / plain numpy <= 0.95", ratio("medium", "bpnet", "numpy"), 0.95)
+    floor = ratio("medium", "gemm", "bpnet")
+    add("medium: GEMM floor / bpnet >= 85%", floor and 100 * floor, 85, "{:.0f}%", below=False)
+    add("small: bpnet / PyTorch <= 0.50", ratio("small", "bpnet", "torch"), 0.50)
+    for net in ("large", "sigmoid"):
+        if net in nets:
+            peers = [p for p in ("torch", "sklearn", "numpy") if p in nets[net]]
+            if peers:
+                worst = max(ratio(net, "bpnet", p) for p in peers)
+                add(f"{net}: bpnet / fastest peer <= 1.00", worst, 1.0)
+    if cli:
+        add("time to 98% test accuracy < 15 s", cli.get("time_to_98_s") or float("inf"), 15,
+            "{:.1f} s")
+        add("bpnet --help < 0.3 s", cli["help_s"], 0.3, "{:.3f} s")
+        add("warm overhead before the first batch < 1.5 s", cli["overhead_s"], 1.5, "{:.2f} s")
+        add("peak memory training MNIST < 400 MB", cli["train_peak_mb"], 400, "{:.0f} MB")
+    return rows
+
+
+def markdown(info, nets, cli, epochs):
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores, BLAS {info['blas']}; "
+             f"{info['threads']} threads; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+             f"Median of {epochs} epochs after a warm-up epoch, 60,000 MNIST images per epoch, float32.",
+             "", "| net | runner | epoch s | samples/s | test acc | peak MB | time / bpnet |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for net, results in nets.items():
+        hidden, act, batch, _ = NETS[net]
+        shape = f"{net} 784-{'-'.join(map(str, hidden))}-10 {act}, batch {batch}"
+        base = results.get("bpnet", {}).get("median_s")
+        for r, res in results.items():
+            acc = f"{100 * res['accuracy']:.2f}%" if res.get("accuracy") is not None else "-"
+            rel = f"{res['median_s'] / base:.2f}" if base else "-"
+            label = LABELS[r]
+            if r == "gemm" and "flops_per_sample" in res:
+                label += f" ({res['flops_per_sample'] * 60000 / res['median_s'] / 1e9:.0f} GFLOP/s)"
+            lines.append(f"| {shape} | {label} | {res['median_s']:.3f} | "
+                         f"{res['samples_per_s']:,.0f} | {acc} | {res['peak_mb']:.0f} | {rel} |")
+            shape = ""
+    if cli:
+        lines += ["", f"`bpnet train configs/mnist_mlp.yaml`: 98% test accuracy "
+                  f"{'after %.1f s' % cli['time_to_98_s'] if cli['time_to_98_s'] else 'never reached'} "
+                  f"from the command's start; finished in {cli['train_total_s']:.1f} s at "
+                  f"{cli['final_test_acc']:.2f}%; peak RSS {cli['train_peak_mb']:.0f} MB. "
+                  f"`bpnet --help` {cli['help_s']:.3f} s; start of `bpnet train` to its first batch "
+                  f"(warm caches) {cli['overhead_s']:.2f} s."]
+    rows = targets(nets, cli)
+    if rows:
+        lines += ["", "| target | measured | met |", "|---|---:|---|"]
+        lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nets", default=",".join(NETS), help="comma-separated: " + ", ".join(NETS))
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up (>= 3)")
+    p.add_argument("--threads", type=int, default=2, help="BLAS and framework threads")
+    p.add_argument("--json", help="write the results here as JSON")
+    p.add_argument("--skip-peers", action="store_true", help="only bpnet and the GEMM floor")
+    p.add_argument("--runners", help="comma-separated subset of " + ", ".join(RUNNERS))
+    p.add_argument("--skip-cli", action="store_true",
+                   help="skip --help, start-up overhead and time-to-98%% measurements")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.nets, args.threads, args.seed)
+
+    def log(text):
+        print(text, file=sys.stderr, flush=True)
+
+    runners = args.runners.split(",") if args.runners else list(RUNNERS)
+    if args.skip_peers:
+        runners = [r for r in runners if r in ("bpnet", "gemm")]
+    for r in [r for r in runners if r in ("torch", "sklearn")]:
+        try:
+            __import__(r)
+        except ImportError:
+            log(f"{r} is not installed; skipping it")
+            runners.remove(r)
+    nets = {}
+    for net in args.nets.split(","):
+        log(f"{net}: {', '.join(runners)}")
+        nets[net] = bench_net(net, runners, args.epochs, args.threads, args.seed, log)
+    cli = None if args.skip_cli else bench_cli(args.threads, log)
+    info = machine(args.threads)
+    print(markdown(info, nets, cli, args.epochs))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"machine": info, "nets": nets, "cli": cli, "epochs": args.epochs,
+             "targets": [{"target": t, "measured": v, "met": ok}
+                         for t, v, ok in targets(nets, cli)]}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
