@@ -26,8 +26,8 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     if resume is not None:
         run_dir = Path(resume)
         config = config or run_dir / "config.yaml"
-        if not (run_dir / "checkpoints").is_dir():
-            raise BpnetError("no checkpoints/ folder here to resume from", source=run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise BpnetError("not a run folder (no config.yaml) to resume", source=run_dir)
     if config is None:
         raise ConfigError("give a config file, or --resume RUN_DIR")
     cfg = load_config(config, overrides)
@@ -49,12 +49,14 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     progress = (not quiet and sys.stderr.isatty()) if progress is None else progress
     trainer = Trainer(session, run_dir, log=log, progress=progress)
     if resume is not None:
+        ckpt.remove_stale_temps(run_dir / "checkpoints")
         found = ckpt.list_checkpoints(run_dir / "checkpoints")
-        if not found:
-            raise BpnetError("the run has no checkpoint to resume from", source=run_dir)
-        trainer.resume(found[-1])
-        log(f"resuming {run_dir} from {found[-1].name}: epoch {trainer.epoch}, "
-            f"iteration {trainer.iteration}")
+        if found:
+            trainer.resume(found[-1])
+            log(f"resuming {run_dir} from {found[-1].name}: epoch {trainer.epoch}, "
+                f"iteration {trainer.iteration}")
+        else:  # stopped before its first checkpoint: nothing was lost but time
+            log(f"{run_dir} has no checkpoint yet; training from the start")
     save_config(cfg, run_dir)
     rows = trainer.run()
     return run_dir, rows

@@ -133,6 +133,12 @@ def find(path):
     return found[-1]
 
 
+def remove_stale_temps(folder):
+    """Delete temp files a killed save left behind (they were never renamed into place)."""
+    for tmp in Path(folder).glob(".ckpt-*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def prune(folder, keep):
     """Delete all but the ``keep`` newest numbered checkpoints (0 keeps all)."""
     if keep:

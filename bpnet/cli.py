@@ -240,7 +240,7 @@ def main(argv=None):
             raise
         click.echo(f"{e.label}: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("Stopped.", err=True)
         sys.exit(130)
     except click.ClickException as e:

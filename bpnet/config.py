@@ -204,7 +204,8 @@ def apply_override(raw, expr):
                 node[step] = [] if isinstance(nxt, int) else {}
             node = node[step]
         except (KeyError, IndexError, TypeError):
-            raise ConfigError(f"{step!r} does not exist in the config", source="--set",
+            what = f"index {step}" if isinstance(step, int) else repr(step)
+            raise ConfigError(f"{what} does not exist in the config", source="--set",
                               where=key) from None
     last = steps[-1]
     if isinstance(last, int):

@@ -8,6 +8,7 @@ says about itself (magic numbers, header sizes) against what it holds before all
 import csv
 import gzip
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def read_idx(path):
             n_bytes = int(np.prod(dims, dtype=object)) * dtype.itemsize
             _check_size_plausible(path, n_bytes, 4 + len(dims_raw))
             data = _read_exactly(f, n_bytes, path)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"cannot read: {e}", source=path) from None
     return np.frombuffer(data, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(dims)
 
@@ -75,9 +76,13 @@ def _check_size_plausible(path, n_bytes, header_len):
             with open(path, "rb") as raw:
                 raw.seek(-4, 2)
                 stored = int.from_bytes(raw.read(4), "little")
-            if n_bytes > 1032 * size + (1 << 16) or (n_bytes + header_len) % 2**32 != stored:
-                raise DataError(f"the header promises {n_bytes} data bytes, which the compressed "
-                                f"file ({size} bytes) does not hold", source=path)
+            held = (stored - header_len) % 2**32
+            if n_bytes > 1032 * size + (1 << 16) or held < n_bytes:  # deflate packs <= 1032:1
+                raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, the "
+                                f"file decompresses to {held}", source=path)
+            if held > n_bytes:
+                raise DataError(f"the file holds more than the {n_bytes} data bytes its header "
+                                f"promises", source=path)
     elif n_bytes > size:
         raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, the file has "
                         f"{size} bytes in all", source=path)
@@ -101,7 +106,7 @@ def read_npz(path, x_key, y_key):
         if "pickled" in str(e):  # numpy's word for any file that is neither .npz nor .npy
             raise DataError("not a valid .npz file: no zip archive inside", source=path) from None
         raise DataError(f"not a valid .npz file: {e}", source=path) from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error) as e:
         raise DataError(f"not a valid .npz file: {e}", source=path) from None
 
 

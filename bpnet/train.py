@@ -273,12 +273,18 @@ class Trainer:
 
 
 def write_text_atomic(path, text):
+    """Replace a small text file whole (temp file, fsync, rename), or raise a BpnetError."""
     tmp = Path(f"{path}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise BpnetError(f"cannot write: {e.strerror or e}; the previous version is untouched",
+                         source=path) from None
 
 
 def format_row(row, epochs):
