@@ -131,6 +131,7 @@ class Net:
     def outputs(self, x):
         """Last-layer outputs (logits for classifiers), computed without backward caches."""
         self._check_input(x)
+        self._x = None  # the stages' caches are about to be dropped: no backward until a training forward
         parts = []
         for start in range(0, len(x), PREDICT_CHUNK):
             h = x[start:start + PREDICT_CHUNK]
