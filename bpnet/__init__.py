@@ -7,7 +7,7 @@ The public API, loaded on first use so that importing bpnet (and ``bpnet --help`
     open_session(cfg, source)         -> Session: config, datasets, network
     train(config, out, overrides...)  -> (run folder, metrics rows)
     evaluate_run(run, data)           -> {"loss", "accuracy", "n", "confusion", ...}
-    gradcheck(config, ...)            -> gradcheck.Report
+    gradcheck(config, ...)            -> gradient_check.Report
     check_net / check_layer / check_loss  (gradient checks on objects)
     info(path) / time_net(config)     -> layers, parameters, FLOPs / per-layer milliseconds
     init_stats(config, variances=...) -> forward and backward variances per affine layer
@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 _API = {
     "load_config": "config", "resolve": "config", "build_net": "build", "Net": "net",
     "open_session": "session", "evaluate": "session", "train": "api", "evaluate_run": "api",
-    "predict_file": "api", "gradcheck": "api", "check_net": "gradcheck",
-    "check_layer": "gradcheck", "check_loss": "gradcheck", "LAYERS": "layers", "LOSSES": "losses",
+    "predict_file": "api", "gradcheck": "api", "check_net": "gradient_check",
+    "check_layer": "gradient_check", "check_loss": "gradient_check", "LAYERS": "layers", "LOSSES": "losses",
     "Solver": "solver", "BpnetError": "errors",
     "info": "diagnostics", "time_net": "diagnostics", "init_stats": "initstats",
     "plot_runs": "plot",

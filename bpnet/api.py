@@ -21,7 +21,7 @@ def set_threads(n):
 def train(config=None, out=None, overrides=(), resume=None, quiet=False, progress=None, log=None):
     """Train as ``bpnet train`` does; returns the run folder and its metrics rows."""
     from .session import open_session
-    from .train import Trainer, save_config
+    from .trainer import Trainer, save_config
 
     if resume is not None:
         run_dir = Path(resume)
@@ -160,7 +160,7 @@ def predict_file(path, data, out):
 def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=1e-6, tol=1e-6,
               seed=0, batch=2):
     """Check the config's network (or one layer of it) in float64; returns the Report."""
-    from . import gradcheck as gc
+    from .gradient_check import check_layer, check_net
     from .build import build_net
     from .session import open_session
 
@@ -181,7 +181,7 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
         if t.dtype != np.int64:
             t = t.astype(np.float64)
     if layer is None:
-        return gc.check_net(net, x, t, eps=eps, tol=tol, samples=samples, seed=seed)
+        return check_net(net, x, t, eps=eps, tol=tol, samples=samples, seed=seed)
     names = [l.name for l in net.layers]
     if layer not in names:
         raise ConfigError(f"found {layer!r}, expected a layer name: one of {', '.join(names)}",
@@ -190,7 +190,7 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
     h = x
     for l in net.layers[:index]:
         h = l.forward(h, train=False)
-    return gc.check_layer(net.layers[index], h, eps=eps, tol=tol, samples=samples, seed=seed)
+    return check_layer(net.layers[index], h, eps=eps, tol=tol, samples=samples, seed=seed)
 
 
 def report_text(report):

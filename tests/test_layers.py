@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bpnet.errors import ShapeError
-from bpnet.gradcheck import check_layer, check_loss
+from bpnet.gradient_check import check_layer, check_loss
 from bpnet.layers import LAYERS
 from bpnet.losses import LOSSES
 

@@ -8,7 +8,7 @@ from bpnet import net as net_module
 from bpnet.build import build_net
 from bpnet.config import resolve
 from bpnet.errors import CheckpointError, ShapeError
-from bpnet.gradcheck import check_net
+from bpnet.gradient_check import check_net
 from bpnet.layers import LAYERS
 from bpnet.losses import LOSSES
 

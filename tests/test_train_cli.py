@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import bpnet.gradcheck  # noqa: F401  (see test_gradcheck_in_a_fresh_process)
-import bpnet.train as train_module
+import bpnet.trainer as train_module
 from bpnet import checkpoint as ckpt
 from bpnet.cli import cli, main
 from bpnet.config import load_config
@@ -317,7 +316,7 @@ def test_gradcheck_exits_1_when_a_backward_is_wrong(mnist_config, monkeypatch):
 
 def test_gradcheck_in_a_fresh_process_on_the_shipped_mnist_config():
     """The console command as users run it: a new interpreter, where nothing has imported
-    bpnet.gradcheck yet (the in-process tests above cannot see import-order problems)."""
+    bpnet.gradient_check yet (the in-process tests above cannot see import-order problems)."""
     result = subprocess.run([sys.executable, "-m", "bpnet", "gradcheck", "configs/mnist_mlp.yaml",
                              "--samples", "8"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)
