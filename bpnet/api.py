@@ -46,7 +46,8 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         raise BpnetError(f"cannot write the output folder: {e.strerror or e}", source=run_dir) from None
     session = open_session(cfg, source=config)
     log = log or (lambda line: None if quiet else print(line, flush=True))
-    progress = (not quiet and sys.stderr.isatty()) if progress is None else progress
+    if progress is None:
+        progress = None if quiet else "bar" if sys.stderr.isatty() else "lines"
     trainer = Trainer(session, run_dir, log=log, progress=progress)
     if resume is not None:
         ckpt.remove_stale_temps(run_dir / "checkpoints")
@@ -158,7 +159,7 @@ def predict_file(path, data, out):
 
 
 def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=1e-6, tol=1e-6,
-              seed=0, batch=2):
+              seed=0, batch=2, progress=False):
     """Check the config's network (or one layer of it) in float64; returns the Report."""
     from .gradient_check import check_layer, check_net
     from .build import build_net
@@ -167,7 +168,11 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
     cfg = load_config(config, overrides)
     rng = np.random.default_rng(seed)
     if random or cfg["data"] is None:
-        net = build_net(cfg, None, dtype=np.float64, source=config)
+        n_in = None
+        if cfg["net"]["input"] is None and cfg["data"] is not None:  # the width the data has
+            from .data import read_dataset
+            n_in = read_dataset(cfg["data"]["train"])[0].shape[1]
+        net = build_net(cfg, n_in, dtype=np.float64, source=config)
         x = rng.standard_normal((batch, net.n_in))
         if net.loss.target_kind == "class":
             t = rng.integers(0, net.n_out, batch)
@@ -181,7 +186,7 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
         if t.dtype != np.int64:
             t = t.astype(np.float64)
     if layer is None:
-        return check_net(net, x, t, eps=eps, tol=tol, samples=samples, seed=seed)
+        return check_net(net, x, t, eps=eps, tol=tol, samples=samples, seed=seed, progress=progress)
     names = [l.name for l in net.layers]
     if layer not in names:
         raise ConfigError(f"found {layer!r}, expected a layer name: one of {', '.join(names)}",
@@ -190,7 +195,8 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
     h = x
     for l in net.layers[:index]:
         h = l.forward(h, train=False)
-    return check_layer(net.layers[index], h, eps=eps, tol=tol, samples=samples, seed=seed)
+    return check_layer(net.layers[index], h, eps=eps, tol=tol, samples=samples, seed=seed,
+                       progress=progress)
 
 
 def report_text(report):

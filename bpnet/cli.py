@@ -123,7 +123,7 @@ def gradcheck(config, random, layer, samples, eps, tol, seed, batch, as_json, ov
     """
     from . import api
     report = api.gradcheck(config, overrides, random=random, layer=layer, samples=samples,
-                           eps=eps, tol=tol, seed=seed, batch=batch)
+                           eps=eps, tol=tol, seed=seed, batch=batch, progress=sys.stderr.isatty())
     click.echo(api.report_json(report) if as_json else api.report_text(report))
     sys.exit(0 if report.passed else 1)
 

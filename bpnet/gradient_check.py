@@ -49,7 +49,7 @@ class Report:
                 "tensors": [asdict(t) for t in self.tensors]}
 
 
-def _compare(name, analytic, objective, array, kinks, eps, tol, indices):
+def _compare(name, analytic, objective, array, kinks, eps, tol, indices, tick):
     """Central differences of ``objective`` over ``array``'s elements at ``indices``."""
     flat, grad = array.reshape(-1), analytic.reshape(-1)
     baseline = kinks()
@@ -61,6 +61,7 @@ def _compare(name, analytic, objective, array, kinks, eps, tol, indices):
         flat[i] = keep - eps
         minus, kinks_minus = objective(), kinks()
         flat[i] = keep
+        tick()
         if not (_same(baseline, kinks_plus) and _same(baseline, kinks_minus)):
             skipped += 1
             continue
@@ -84,12 +85,19 @@ def _indices(size, samples, rng):
     return np.sort(rng.choice(size, samples, replace=False))
 
 
-def _run(targets, objective, kinks, analytic_seconds, eps, tol, samples, seed):
+def _run(targets, objective, kinks, analytic_seconds, eps, tol, samples, seed, progress=False):
     rng = np.random.default_rng(seed)
+    chosen = [(name, array, grad, _indices(array.size, samples, rng)) for name, array, grad in targets]
+    bar = None
+    if progress:  # a full check of a real network takes minutes: show that it moves
+        from tqdm import tqdm
+        bar = tqdm(total=sum(len(i) for *_, i in chosen), unit="elem", leave=False, mininterval=0.5)
+    tick = bar.update if bar is not None else (lambda: None)
     start = time.perf_counter()
-    results = [_compare(name, grad, objective, array, kinks, eps, tol,
-                        _indices(array.size, samples, rng))
-               for name, array, grad in targets]
+    results = [_compare(name, grad, objective, array, kinks, eps, tol, indices, tick)
+               for name, array, grad, indices in chosen]
+    if bar is not None:
+        bar.close()
     return Report(results, analytic_seconds, time.perf_counter() - start, eps, tol)
 
 
@@ -104,7 +112,7 @@ def _dropout_state(layers):
     return restore
 
 
-def check_net(net, x, t, eps=1e-6, tol=1e-6, samples=None, seed=0, params=None):
+def check_net(net, x, t, eps=1e-6, tol=1e-6, samples=None, seed=0, params=None, progress=False):
     """Check every parameter of ``net`` (or those named in ``params``) and the input gradient.
 
     ``net`` must be float64 (``net.astype(np.float64)``); x: (batch, n_in) float64.
@@ -126,10 +134,10 @@ def check_net(net, x, t, eps=1e-6, tol=1e-6, samples=None, seed=0, params=None):
     seconds = time.perf_counter() - start
     chosen = [p for name, p in net.params.items() if params is None or name in params]
     targets = [(p.name, p.data, p.grad.copy()) for p in chosen] + [("input", x, dx)]
-    return _run(targets, objective, kinks, seconds, eps, tol, samples, seed)
+    return _run(targets, objective, kinks, seconds, eps, tol, samples, seed, progress)
 
 
-def check_layer(layer, x, eps=1e-6, tol=1e-6, samples=None, seed=0):
+def check_layer(layer, x, eps=1e-6, tol=1e-6, samples=None, seed=0, progress=False):
     """Check one float64 layer alone, under L = sum(layer(x) * r) with a fixed random r."""
     x = np.array(x, dtype=np.float64, order="C")
     restore = _dropout_state([layer])
@@ -149,7 +157,7 @@ def check_layer(layer, x, eps=1e-6, tol=1e-6, samples=None, seed=0):
     dx = layer.backward(r)
     seconds = time.perf_counter() - start
     targets = [(p.name, p.data, p.grad.copy()) for p in layer.params] + [("input", x, dx)]
-    return _run(targets, objective, kinks, seconds, eps, tol, samples, seed)
+    return _run(targets, objective, kinks, seconds, eps, tol, samples, seed, progress)
 
 
 def check_loss(loss, z, t, eps=1e-6, tol=1e-6, samples=None, seed=0):

@@ -22,17 +22,31 @@ _OPTIONS = {
 NAMES = tuple(_OPTIONS)
 
 
-def parse_init(value, where, source):
-    """Turn ``he`` or ``{type: gaussian, std: 0.1}`` into ``{"type": ..., options...}``."""
+def check_init(value):
+    """A spec check: ``he`` or ``{type: gaussian, std: 0.1}`` -> ``{"type": ..., options...}``."""
     if isinstance(value, str):
         value = {"type": value}
     if not isinstance(value, dict) or value.get("type") not in _OPTIONS:
-        found = value.get("type") if isinstance(value, dict) else value
-        raise ConfigError(f"found {found!r}, expected an initialiser: one of {', '.join(NAMES)}",
-                          source=source, where=where)
-    options = spec.parse({k: v for k, v in value.items() if k != "type"},
-                         _OPTIONS[value["type"]], where, source)
-    return {"type": value["type"], **options}
+        raise ValueError(f"an initialiser: one of {', '.join(NAMES)}")
+    kind, options = value["type"], _OPTIONS[value["type"]]
+    out = {"type": kind}
+    for key, option in options.items():
+        try:
+            out[key] = option.check(value[key]) if key in value else option.default
+        except ValueError as e:
+            raise ValueError(f"{kind} with {key}: {e}") from None
+    unknown = [k for k in value if k != "type" and k not in options]
+    if unknown:
+        raise ValueError(f"{kind} with options {', '.join(options) or '(none)'}, not {unknown[0]!r}")
+    return out
+
+
+def parse_init(value, where, source):
+    """``check_init`` for code outside a config: a ConfigError naming ``where``."""
+    try:
+        return check_init(value)
+    except ValueError as e:
+        raise ConfigError(f"found {value!r}, expected {e}", source=source, where=where) from None
 
 
 def initialize(init, shape, rng, dtype):

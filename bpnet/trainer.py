@@ -28,6 +28,9 @@ COLUMNS = ("epoch", "iteration", "lr", "train_loss", "train_acc", "val_loss", "v
            "test_loss", "test_acc", "seconds", "samples_per_sec", "skipped")
 
 
+PROGRESS_SECONDS = 10  # without a terminal, a plain progress line at most this often
+
+
 class Interrupted(BpnetError):
     """Ctrl-C or SIGTERM: the current step finished and a checkpoint was written."""
 
@@ -35,9 +38,12 @@ class Interrupted(BpnetError):
 
 
 class Trainer:
-    """Trains ``session.net`` on ``session.splits`` into ``run_dir``."""
+    """Trains ``session.net`` on ``session.splits`` into ``run_dir``.
 
-    def __init__(self, session, run_dir, log=print, progress=False):
+    ``progress``: "bar" (tqdm, for a terminal), "lines" (a plain line every 10 s) or None.
+    """
+
+    def __init__(self, session, run_dir, log=print, progress=None):
         self.session, self.cfg, self.net = session, session.cfg, session.net
         self.train_set = session.splits["train"]
         self.val_set, self.test_set = session.splits.get("val"), session.splits.get("test")
@@ -89,6 +95,7 @@ class Trainer:
         net, data, bs, iter_size = self.net, self.train_set, self.s["batch_size"], self.s["iter_size"]
         buffers = {}
         started, pending = time.perf_counter(), 0
+        said = started
         bar = self._bar()
         for b in range(self.position, self.batches_per_epoch):
             rows = self.order[b * bs:(b + 1) * bs]
@@ -123,6 +130,10 @@ class Trainer:
                     bar.update(b + 1 - bar.n)
                     if b % 20 == 0:
                         bar.set_postfix_str(self._running())
+                elif self.progress == "lines" and time.perf_counter() - said >= PROGRESS_SECONDS:
+                    said = time.perf_counter()
+                    self.log(f"epoch {self.epoch + 1}/{self.s['epochs']}: batch {b + 1}/"
+                             f"{self.batches_per_epoch}, {self._running()}")
                 if self._signal is not None:
                     self.sums["seconds"] += time.perf_counter() - started
                     self.position = b + 1
@@ -175,7 +186,7 @@ class Trainer:
         return learning_rate(self.s, self.iteration / self.updates_per_epoch)
 
     def _bar(self):
-        if not self.progress:
+        if self.progress != "bar":
             return None
         from tqdm import tqdm
         return tqdm(total=self.batches_per_epoch, initial=self.position, leave=False,

@@ -46,7 +46,7 @@ def test_defaults_are_filled_and_paths_made_absolute(config_file, tmp_path):
     assert cfg["solver"]["type"] == "sgd" and cfg["solver"]["batch_size"] == 64
     assert cfg["solver"]["lr"] == 0.1 and cfg["solver"]["lr_policy"] == "fixed"
     assert cfg["checkpoint"] == {"every": 1, "keep": 3, "best": True}
-    assert cfg["net"]["layers"][0] == {"name": "fc1", "type": "affine", "out": 8, "init": "he",
+    assert cfg["net"]["layers"][0] == {"name": "fc1", "type": "affine", "out": 8, "init": {"type": "he"},
                                        "bias_init": {"type": "constant", "value": 0.0},
                                        "lr_mult": 1.0, "decay_mult": 1.0}
     assert cfg["data"]["train"]["path"] == str(tmp_path / "train.npz")
@@ -127,18 +127,18 @@ def test_every_error_names_its_key_path(config_file, change, where):
     assert f": {where}" in error_of(config_file(change))
 
 
-@pytest.mark.parametrize("init,where,listed", [
-    ("glorious", "net.layers[0].init", ("he", "xavier", "lecun", "gaussian", "uniform", "constant")),
-    ({"type": "gaussian", "sd": 1}, "net.layers[0].init.sd", ("std",)),
+@pytest.mark.parametrize("init,listed", [
+    ("glorious", ("he", "xavier", "lecun", "gaussian", "uniform", "constant")),
+    ({"type": "gaussian", "sd": 1}, ("std", "'sd'")),
+    ({"type": "gaussian", "std": -1}, ("std", "> 0")),
 ])
-def test_initialiser_errors_name_the_key_path_and_choices(config_file, init, where, listed):
-    """Initialisers are checked when the layer is built (the data is not needed for that)."""
-    from bpnet.build import build_net
-    cfg = load_config(config_file(lambda c: c["net"]["layers"][0].update(init=init)))
+def test_initialiser_errors_name_the_key_path_and_choices(config_file, init, listed):
+    """Initialisers are checked when the config loads, before any data is read."""
+    path = config_file(lambda c: c["net"]["layers"][0].update(init=init))
     with pytest.raises(ConfigError) as info:
-        build_net(cfg, source="tiny.yaml")
+        load_config(path)
     message = str(info.value)
-    assert message.startswith(f"tiny.yaml: {where}")
+    assert message.startswith(f"{path}: net.layers[0].init: found")
     for name in listed:
         assert name in message
 

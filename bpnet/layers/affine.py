@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import spec
-from ..initializers import initialize, parse_init
+from ..initializers import check_init, initialize, parse_init
 from ..kernels import IDENTITY, jit
 from .base import Layer, Param, register
 
@@ -18,8 +18,8 @@ class Affine(Layer):
     type_name = "affine"
     OPTIONS = {
         "out": spec.Option(spec.positive_int, doc="number of outputs"),
-        "init": spec.Option(spec.anything, "he", doc="weight initialiser"),
-        "bias_init": spec.Option(spec.anything, {"type": "constant", "value": 0.0}),
+        "init": spec.Option(check_init, {"type": "he"}, doc="weight initialiser"),
+        "bias_init": spec.Option(check_init, {"type": "constant", "value": 0.0}),
         "lr_mult": spec.Option(spec.non_negative, 1.0, doc="learning-rate multiplier"),
         "decay_mult": spec.Option(spec.non_negative, 1.0, doc="weight-decay multiplier"),
     }
