@@ -64,7 +64,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
 
 
 def load_run(path, overrides=()):
-    """(resolved config, checkpoint path) for a run folder or a checkpoint file inside one."""
+    """(resolved config, its path, checkpoint path) for a run folder or a checkpoint in one."""
     path = Path(path)
     found = ckpt.find(path)
     run_dir = path if path.is_dir() else found.parent.parent
@@ -72,15 +72,15 @@ def load_run(path, overrides=()):
     if not config.is_file():
         raise BpnetError("no config.yaml beside the checkpoint (expected RUN_DIR/config.yaml)",
                          source=found)
-    return load_config(config, overrides), found
+    return load_config(config, overrides), config, found
 
 
 def load_trained(path, splits):
     """A session whose network holds the weights of a run folder or checkpoint."""
     from .session import open_session
 
-    cfg, found = load_run(path)
-    session = open_session(cfg, source=found.parent.parent / "config.yaml", splits=splits)
+    cfg, config, found = load_run(path)
+    session = open_session(cfg, source=config, splits=splits)
     arrays, _ = ckpt.load(found)
     session.net.load_state_dict(ckpt.with_prefix(arrays, "param"), found)
     return session, found
@@ -162,17 +162,13 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
               seed=0, batch=2, progress=False):
     """Check the config's network (or one layer of it) in float64; returns the Report."""
     from .gradient_check import check_layer, check_net
-    from .build import build_net
+    from .build import net_for
     from .session import open_session
 
     cfg = load_config(config, overrides)
     rng = np.random.default_rng(seed)
     if random or cfg["data"] is None:
-        n_in = None
-        if cfg["net"]["input"] is None and cfg["data"] is not None:  # the width the data has
-            from .data import read_dataset
-            n_in = read_dataset(cfg["data"]["train"])[0].shape[1]
-        net = build_net(cfg, n_in, dtype=np.float64, source=config)
+        net = net_for(cfg, config, dtype=np.float64)
         x = rng.standard_normal((batch, net.n_in))
         if net.loss.target_kind == "class":
             t = rng.integers(0, net.n_out, batch)

@@ -41,3 +41,16 @@ def build_net(cfg, n_in=None, dtype=np.float32, source=None):
     net = Net(layers, LOSSES[net_cfg["loss"]](width, dtype), dtype)
     net.dropout_rng = dropout_rng  # checkpointed, so a resumed run draws the same masks
     return net
+
+
+def input_width(cfg, source=None):
+    """The network's input width: ``net.input``, else the width of the training data."""
+    if cfg["net"]["input"] is not None or cfg["data"] is None:
+        return cfg["net"]["input"]
+    from .data import read_dataset
+    return read_dataset(cfg["data"]["train"])[0].shape[1]
+
+
+def net_for(cfg, source=None, dtype=np.float32):
+    """The config's network at initialisation, without reading more data than its input width."""
+    return build_net(cfg, input_width(cfg, source), dtype=dtype, source=source)

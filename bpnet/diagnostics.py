@@ -13,22 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from .build import build_net
+from .api import load_run
+from .build import build_net, input_width, net_for
 from .config import load_config
 from .errors import BpnetError
-
-
-def input_width(cfg, source=None):
-    """The network's input width: ``net.input``, else the width of the training data."""
-    if cfg["net"]["input"] is not None or cfg["data"] is None:
-        return cfg["net"]["input"]
-    from .data import read_dataset
-    return read_dataset(cfg["data"]["train"])[0].shape[1]
-
-
-def net_for(cfg, source=None, dtype=np.float32):
-    """The config's network at initialisation, without reading more data than its input width."""
-    return build_net(cfg, input_width(cfg, source), dtype=dtype, source=source)
 
 
 def _open(path, overrides):
@@ -41,13 +29,7 @@ def _open(path, overrides):
             return load_config(path / "config.yaml", overrides), path / "config.yaml", None
         raise BpnetError("neither a config file, nor a run folder (no config.yaml or "
                          "checkpoints/ inside)", source=path)
-    found = ckpt.find(path)
-    run_dir = path if path.is_dir() else found.parent.parent
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise BpnetError("no config.yaml beside the checkpoint (expected RUN_DIR/config.yaml)",
-                         source=found)
-    return load_config(config, overrides), config, found
+    return load_run(path, overrides)
 
 
 # ----- info ------------------------------------------------------------------------------------

@@ -16,9 +16,8 @@ import math
 
 import numpy as np
 
-from .build import build_net
+from .build import build_net, input_width
 from .config import load_config
-from .diagnostics import input_width
 from .errors import ConfigError
 from .initializers import NAMES as INIT_NAMES
 from .layers import Affine
