@@ -92,55 +92,52 @@ class Trainer:
                 break
 
     def _run_epoch(self):
-        net, data, bs, iter_size = self.net, self.train_set, self.s["batch_size"], self.s["iter_size"]
-        buffers = {}
-        started, pending = time.perf_counter(), 0
-        said = started
-        bar = self._bar()
+        """Batches from ``position`` to the end of the epoch; an update every ``iter_size``."""
+        iter_size, last = self.s["iter_size"], self.batches_per_epoch - 1
+        self._inputs = {}
+        started = said = time.perf_counter()
+        pending, bar = 0, self._bar()
         for b in range(self.position, self.batches_per_epoch):
-            rows = self.order[b * bs:(b + 1) * bs]
-            x = buffers.get(len(rows))
-            if x is None:
-                x = buffers[len(rows)] = np.empty((len(rows), data.n_features), net.dtype)
-            data.batch(rows, x)
-            loss, correct = net.forward(x, data.y[rows])
-            if math.isfinite(loss):
-                net.backward()
-                pending += 1
-                self.sums["loss"] += loss * len(rows)
-                self.sums["correct"] += correct or 0
-                self.sums["units"] += net.loss.accuracy_units(len(rows))
-                self.sums["samples"] += len(rows)
-            elif self.s["on_nonfinite"] == "stop":
+            pending += self._accumulate(b)
+            if (b + 1 - self.position) % iter_size and b != last:
+                continue
+            if pending:
+                self.sums["lr"] = self._lr()
+                self.solver.step(self.sums["lr"], batches=pending)
+            self.net.zero_grad()
+            pending, self.iteration = 0, self.iteration + 1
+            said = self._show_progress(b, bar, said)
+            if self._signal is not None:
+                self.sums["seconds"] += time.perf_counter() - started
+                self.position = b + 1
+                self._interrupt(bar)
+        if bar is not None:
+            bar.close()
+        self.sums["seconds"] += time.perf_counter() - started
+
+    def _accumulate(self, b):
+        """Forward and backward batch ``b`` of the epoch; 1 if its gradient counts, else 0."""
+        net, data, bs = self.net, self.train_set, self.s["batch_size"]
+        rows = self.order[b * bs:(b + 1) * bs]
+        x = self._inputs.get(len(rows))  # one buffer per batch size: the last batch may be short
+        if x is None:
+            x = self._inputs[len(rows)] = np.empty((len(rows), data.n_features), net.dtype)
+        loss, correct = net.forward(data.batch(rows, x), data.y[rows])
+        if not math.isfinite(loss):
+            if self.s["on_nonfinite"] == "stop":
                 raise DivergenceError(
                     f"the loss became {loss} at epoch {self.epoch + 1}, iteration "
                     f"{self.iteration + 1}; try a lower solver.lr (now {self._lr():g}) or "
                     f"solver.clip_norm; checkpoints already written are intact",
                     source=self.session.source)
-            else:
-                self.sums["skipped"] += 1
-            if (b + 1 - self.position) % iter_size == 0 or b + 1 == self.batches_per_epoch:
-                if pending:
-                    self.sums["lr"] = self._lr()
-                    self.solver.step(self.sums["lr"], batches=pending)
-                net.zero_grad()
-                pending = 0
-                self.iteration += 1
-                if bar is not None:
-                    bar.update(b + 1 - bar.n)
-                    if b % 20 == 0:
-                        bar.set_postfix_str(self._running())
-                elif self.progress == "lines" and time.perf_counter() - said >= PROGRESS_SECONDS:
-                    said = time.perf_counter()
-                    self.log(f"epoch {self.epoch + 1}/{self.s['epochs']}: batch {b + 1}/"
-                             f"{self.batches_per_epoch}, {self._running()}")
-                if self._signal is not None:
-                    self.sums["seconds"] += time.perf_counter() - started
-                    self.position = b + 1
-                    self._interrupt(bar)
-        if bar is not None:
-            bar.close()
-        self.sums["seconds"] += time.perf_counter() - started
+            self.sums["skipped"] += 1
+            return 0
+        net.backward()
+        self.sums["loss"] += loss * len(rows)
+        self.sums["correct"] += correct or 0
+        self.sums["units"] += net.loss.accuracy_units(len(rows))
+        self.sums["samples"] += len(rows)
+        return 1
 
     def _end_epoch(self):
         """Metrics, schedule, checkpoints. Returns True when the schedule says stop."""
@@ -191,6 +188,18 @@ class Trainer:
         from tqdm import tqdm
         return tqdm(total=self.batches_per_epoch, initial=self.position, leave=False,
                     desc=f"epoch {self.epoch + 1}/{self.s['epochs']}", unit="batch", file=sys.stderr)
+
+    def _show_progress(self, b, bar, said):
+        """Move the bar, or print a plain line when PROGRESS_SECONDS have passed since ``said``."""
+        if bar is not None:
+            bar.update(b + 1 - bar.n)
+            if b % 20 == 0:
+                bar.set_postfix_str(self._running())
+        elif self.progress == "lines" and time.perf_counter() - said >= PROGRESS_SECONDS:
+            self.log(f"epoch {self.epoch + 1}/{self.s['epochs']}: batch {b + 1}/"
+                     f"{self.batches_per_epoch}, {self._running()}")
+            return time.perf_counter()
+        return said
 
     def _running(self):
         s = self.sums
