@@ -18,8 +18,12 @@ def set_threads(n):
         threadpool_limits(limits=n, user_api="blas")
 
 
-def train(config=None, out=None, overrides=(), resume=None, quiet=False, progress=None, log=None):
-    """Train as ``bpnet train`` does; returns the run folder and its metrics rows."""
+def train(config=None, out=None, overrides=(), resume=None, quiet=False, progress=None, log=None,
+          threads=None):
+    """Train as ``bpnet train`` does; returns the run folder and its metrics rows.
+
+    ``threads`` (BLAS threads) overrides the config's ``threads``.
+    """
     from .session import open_session
     from .trainer import Trainer, save_config
 
@@ -36,6 +40,8 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         if run_dir.exists() and any(run_dir.iterdir()):
             raise BpnetError("already holds a run; choose another --out, or continue it with "
                              "--resume", source=run_dir)
+    if threads:
+        cfg["threads"] = threads
     set_threads(cfg["threads"])
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,8 @@ def train(config, out, overrides, resume, quiet, threads):
     Example: bpnet train configs/mnist_mlp.yaml --out runs/mlp --set solver.epochs=3
     """
     from . import api
-    run_dir, rows = api.train(config, out=out, overrides=overrides, resume=resume, quiet=quiet)
+    run_dir, rows = api.train(config, out=out, overrides=overrides, resume=resume, quiet=quiet,
+                              threads=threads)
     if not quiet and rows:
         click.echo(f"run folder: {run_dir}")
 

@@ -35,7 +35,7 @@ NETS = {
     "small": ((128,), "relu", 64, 0.05),
     "medium": ((512, 512), "relu", 128, 0.05),
     "large": ((2048, 2048), "relu", 256, 0.05),
-    "sigmoid": ((1024,) * 4, "sigmoid", 256, 0.5),
+    "sigmoid": ((1024,) * 4, "sigmoid", 256, 0.1),
 }
 MOMENTUM = 0.9
 RUNNERS = ("bpnet", "torch", "sklearn", "numpy", "gemm")
