@@ -149,7 +149,7 @@ def _data(data, source, base):
 def dataset_spec(value, where, source, base):
     """Validate ``{format: idx|npz|csv, ...}``; paths are made absolute against ``base``."""
     fmt = value.get("format") if isinstance(value, dict) else None
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise ConfigError(f"found {describe(fmt if isinstance(value, dict) else value)}, expected "
                           f"a dataset with format: one of {', '.join(FORMATS)}",
                           source=source, where=f"{where}.format")
@@ -163,7 +163,7 @@ def dataset_spec(value, where, source, base):
 def _layer(value, i, source, registry):
     where = f"net.layers[{i}]"
     kind = value.get("type") if isinstance(value, dict) else None
-    if kind not in registry:
+    if not isinstance(kind, str) or kind not in registry:
         found = kind if isinstance(value, dict) else value
         raise ConfigError(f"found {describe(found)}, expected a layer type: one of "
                           f"{', '.join(registry)}", source=source, where=f"{where}.type")

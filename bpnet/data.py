@@ -7,7 +7,6 @@ says about itself (magic numbers, header sizes) against what it holds before all
 
 import csv
 import gzip
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -106,8 +105,10 @@ def read_npz(path, x_key, y_key):
         if "pickled" in str(e):  # numpy's word for any file that is neither .npz nor .npy
             raise DataError("not a valid .npz file: no zip archive inside", source=path) from None
         raise DataError(f"not a valid .npz file: {e}", source=path) from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError, zlib.error) as e:
-        raise DataError(f"not a valid .npz file: {e}", source=path) from None
+    except DataError:
+        raise
+    except Exception as e:  # zip, zlib and header failures alike: the file is not a usable .npz
+        raise DataError(f"not a valid .npz file ({type(e).__name__}: {e})", source=path) from None
 
 
 def read_csv(path, label, header="auto", delimiter=","):

@@ -26,7 +26,8 @@ def check_init(value):
     """A spec check: ``he`` or ``{type: gaussian, std: 0.1}`` -> ``{"type": ..., options...}``."""
     if isinstance(value, str):
         value = {"type": value}
-    if not isinstance(value, dict) or value.get("type") not in _OPTIONS:
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str) \
+            or value["type"] not in _OPTIONS:
         raise ValueError(f"an initialiser: one of {', '.join(NAMES)}")
     kind, options = value["type"], _OPTIONS[value["type"]]
     out = {"type": kind}

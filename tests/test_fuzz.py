@@ -83,7 +83,7 @@ def test_mutated_configs_load_or_fail_cleanly(mutations):
     for path, action, value in mutations:
         try:
             mutate(cfg, path, action, value)
-        except (KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError, AttributeError):
             continue  # an earlier mutation removed or replaced this path's parent
     try:
         resolved = resolve(cfg, source="fuzz.yaml")
