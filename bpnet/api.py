@@ -174,12 +174,9 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
     cfg = load_config(config, overrides)
     rng = np.random.default_rng(seed)
     if random or cfg["data"] is None:
+        from .diagnostics import random_batch
         net = net_for(cfg, config, dtype=np.float64)
-        x = rng.standard_normal((batch, net.n_in))
-        if net.loss.target_kind == "class":
-            t = rng.integers(0, net.n_out, batch)
-        else:
-            t = net.loss.targets_from(rng.random((batch, net.n_out)) > 0.5, "random")
+        x, t = random_batch(net, batch, rng)
     else:
         session = open_session(cfg, source=config, dtype=np.float64, splits=("train",))
         net, train = session.net, session.splits["train"]
