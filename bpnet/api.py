@@ -145,9 +145,13 @@ def predict_file(path, data, out):
     session, found = load_trained(path, splits=())
     dataset = _dataset_for(session, data, found)
     probs = session.net.predict(dataset.inputs(session.net.dtype))
-    if session.net.loss.target_kind == "class":
+    kind, k = session.net.loss.target_kind, probs.shape[1]
+    if kind == "class":
         table = np.column_stack([probs.argmax(axis=1), probs])
-        header = "class," + ",".join(f"p{i}" for i in range(probs.shape[1]))
+        header = "class," + ",".join(f"p{i}" for i in range(k))
+    elif kind == "binary":  # one 0/1 decision and its probability per output
+        table = np.column_stack([probs > 0.5, probs])
+        header = ",".join([f"label{i}" for i in range(k)] + [f"p{i}" for i in range(k)])
     else:
         table = probs
         header = ",".join(f"y{i}" for i in range(probs.shape[1]))

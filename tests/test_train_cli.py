@@ -324,3 +324,24 @@ def test_gradcheck_in_a_fresh_process_on_the_shipped_mnist_config():
     assert "all passed" in result.stdout
     for name in ("fc1.W", "fc2.W", "fc3.b", "input"):
         assert name in result.stdout
+
+
+@pytest.mark.parametrize("config,header", [("moons_binary", ["label0", "p0"]),
+                                           ("wave_regression", ["y0"])])
+def test_shipped_toy_configs_train_and_predict(tmp_path, config, header):
+    """The binary and regression examples: a few epochs learn, and predict writes the right
+    columns (0/1 decisions beside probabilities for the binary loss)."""
+    run = tmp_path / "run"
+    bpnet("train", ROOT / "configs" / f"{config}.yaml", "--out", run, "--quiet",
+          "--set", "solver.epochs=5")
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    out = tmp_path / "p.csv"
+    bpnet("predict", run, ROOT / "data" / "toy" / f"{config.split('_')[0]}_test.csv", "--out", out)
+    table = np.loadtxt(out, delimiter=",", skiprows=1, ndmin=2)
+    assert open(out).readline().strip().split(",") == header
+    assert len(table) == 500
+    if config == "moons_binary":
+        assert set(np.unique(table[:, 0])) <= {0.0, 1.0}
+        np.testing.assert_array_equal(table[:, 0], table[:, 1] > 0.5)
+        assert float(rows[-1]["test_acc"]) > 0.8
