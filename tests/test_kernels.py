@@ -164,3 +164,20 @@ def test_softmax_xent_gradient_is_softmax_minus_onehot_over_batch():
     np.testing.assert_allclose(grad, (p - onehot) / 5, rtol=1e-12)
     np.testing.assert_allclose(loss, -np.log(p[np.arange(5), labels]).sum(), rtol=1e-12)
     assert correct == int((z.argmax(axis=1) == labels).sum())
+
+
+def test_float32_sigmoid_is_accurate_over_the_whole_range():
+    """The float32 sigmoid uses its own vectorisable exp: hold it to float64 everywhere,
+    including saturation, infinities and NaN (which must stay NaN for divergence checks)."""
+    x = np.concatenate([np.linspace(-120, 120, 20001), [-np.inf, np.inf, np.nan]])
+    x = x.astype(np.float32).reshape(1, -1)
+    expected = 1 / (1 + np.exp(-x.astype(np.float64)))
+    for run in (lambda y: jit.act_forward(x, y, SIGMOID, np.float32(0)),
+                lambda y: (y.__setitem__(..., x),
+                           jit.bias_act_forward(y, np.zeros(x.shape[1], np.float32), SIGMOID,
+                                                np.float32(0)))):
+        y = np.empty_like(x)
+        with np.errstate(over="ignore"):
+            run(y)
+        assert np.isnan(y[0, -1])
+        np.testing.assert_allclose(y[:, :-1], expected[:, :-1], rtol=5e-6, atol=1e-7)

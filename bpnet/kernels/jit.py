@@ -5,8 +5,9 @@ gradient checks) and scalars of that same dtype, so each compiles exactly once p
 nothing widens silently. Constants are made with ``x.dtype.type(...)`` for the same reason.
 Each kernel has a plain-numpy twin of the same name in ``reference.py``; the tests compare them.
 
-Activations are chosen by a small integer (see ``ACTIVATIONS``); LLVM hoists the branch out of
-the loops, so one kernel serves all activations as fast as a specialised copy would.
+Activations are chosen by a small integer (see ``codes.py``); LLVM hoists the branch out of
+the loops, so one kernel serves all activations as fast as a specialised copy would (where it
+does not, a kernel says so and dispatches by hand).
 """
 
 import numpy as np
@@ -43,9 +44,40 @@ def _slope_from_output(y, kind, alpha, one):
     return one
 
 
+@njit(cache=True, inline="always")
+def _sigmoid_rows_float32(x, b, y):
+    """y = 1 / (1 + exp(-(x + b))) for float32 (batch, n) arrays, b: (n,).
+
+    libm's expf is a scalar call that keeps the loop from vectorising (half the time of a
+    sigmoid layer went there). Here exp(t) = 2^k p(r), t = k ln2 + r, |r| <= ln2 / 2, with
+    Cephes' expf polynomial for p (error under 2 ulp) and 2^k built from its exponent bits,
+    so every loop is straight-line arithmetic. t is clamped to [-87, 88], where 2^k stays a
+    normal float; the sigmoid is then within 1e-38 of 0 or 1 anyway.
+    """
+    f = np.float32
+    bits = np.empty(x.shape[1], np.int32)
+    scale = bits.view(np.float32)
+    for i in range(x.shape[0]):
+        xi, yi = x[i], y[i]
+        for j in range(x.shape[1]):
+            t = min(max(-(xi[j] + b[j]), f(-87.0)), f(88.0))
+            k = np.floor(t * f(1.44269504088896341) + f(0.5))
+            r = t - k * f(0.693359375) - k * f(-2.12194440e-4)
+            p = f(1.9875691500e-4) * r + f(1.3981999507e-3)
+            p = (((p * r + f(8.3334519073e-3)) * r + f(4.1665795894e-2)) * r
+                 + f(1.6666665459e-1)) * r + f(5.0000001201e-1)
+            yi[j] = p * r * r + r + f(1)
+            bits[j] = (np.int32(k) + 127) << 23
+        for j in range(x.shape[1]):
+            yi[j] = f(1) / (f(1) + yi[j] * scale[j])
+
+
 @njit(cache=True)
 def act_forward(x, y, kind, alpha):
     """y = f(x).  x, y: (batch, n)."""
+    if kind == SIGMOID and y.itemsize == 4:
+        _sigmoid_rows_float32(x, np.zeros(x.shape[1], np.float32), y)
+        return
     one = y.dtype.type(1)
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
@@ -55,6 +87,9 @@ def act_forward(x, y, kind, alpha):
 @njit(cache=True)
 def bias_act_forward(z, b, kind, alpha):
     """z = f(z + b) in place.  z: (batch, n), b: (n,)."""
+    if kind == SIGMOID and z.itemsize == 4:
+        _sigmoid_rows_float32(z, b, z)
+        return
     one = z.dtype.type(1)
     for i in range(z.shape[0]):
         for j in range(z.shape[1]):
