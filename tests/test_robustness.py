@@ -309,8 +309,7 @@ def test_signal_checkpoints_and_resume_is_seamless(tmp_path, reference_run, sig,
     while not (run / "metrics.csv").exists():  # training has started
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(sig)
+    proc.send_signal(sig)  # in epoch 2 of 25: well inside the run
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert err.startswith("Stopped:") and "--resume" in err
