@@ -51,37 +51,40 @@ def test_kinked_points_are_skipped_and_counted():
     assert (result.checked, result.skipped) == (2, 2)
 
 
-@pytest.mark.parametrize("type_name", PARAM_TYPES)
-def test_wrong_parameter_gradient_fails_the_check(type_name, rng, monkeypatch):
-    """A check that cannot fail proves nothing: a backward off by 10% must be caught."""
+def check_with_mistake(type_name, mistake, rng, monkeypatch):
+    """Gradient-check a layer whose backward runs ``mistake(layer, dx)`` after the right maths;
+    returns the report's tensors by name."""
     layer = make_layer(type_name, n_in=5)
     original = type(layer)._backward
 
     def wrong_backward(self, dy, dx):
         original(self, dy, dx)
-        self.params[0].grad[...] *= 1.1
+        mistake(self, dx)
 
     monkeypatch.setattr(type(layer), "_backward", wrong_backward)
     report = check_layer(layer, rng.standard_normal((3, 5)))
     assert not report.passed
-    by_name = {t.name: t for t in report.tensors}
+    return layer, {t.name: t for t in report.tensors}
+
+
+@pytest.mark.parametrize("type_name", PARAM_TYPES)
+def test_wrong_parameter_gradient_fails_the_check(type_name, rng, monkeypatch):
+    """A check that cannot fail proves nothing: a backward off by 10% must be caught."""
+    def mistake(layer, dx):
+        layer.params[0].grad[...] *= 1.1
+
+    layer, by_name = check_with_mistake(type_name, mistake, rng, monkeypatch)
     assert not by_name[layer.params[0].name].passed
     assert by_name["input"].passed
 
 
 @pytest.mark.parametrize("type_name", LAYER_TYPES)
 def test_wrong_input_gradient_fails_the_check(type_name, rng, monkeypatch):
-    layer = make_layer(type_name, n_in=5)
-    original = type(layer)._backward
-
-    def wrong_backward(self, dy, dx):
-        original(self, dy, dx)
+    def mistake(layer, dx):
         dx[...] += 0.01
 
-    monkeypatch.setattr(type(layer), "_backward", wrong_backward)
-    report = check_layer(layer, rng.standard_normal((3, 5)))
-    assert not report.passed
-    assert not {t.name: t for t in report.tensors}["input"].passed
+    _, by_name = check_with_mistake(type_name, mistake, rng, monkeypatch)
+    assert not by_name["input"].passed
 
 
 @pytest.mark.parametrize("type_name", LOSS_TYPES)
