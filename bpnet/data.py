@@ -6,22 +6,57 @@ says about itself (magic numbers, header sizes) against what it holds before all
 """
 
 import csv
-import gzip
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from . import kernels
 from .errors import DataError
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CHUNK = 1 << 22
 
 
+class _Gunzip:
+    """A .gz file for reading, inflated by zlib from the compressed bytes in memory.
+
+    gzip.open takes the GIL back every 128 KB; here each read inflates in one long call that
+    runs without it, so a session can read its data while the main thread imports numba.
+    Concatenated members read as one stream, as with gzip.open.
+    """
+
+    def __init__(self, path):
+        self._tail = path.read_bytes()  # the compressed file: its size is what the disk holds
+        self._inflate = zlib.decompressobj(31)  # 31: expect and check a gzip header and trailer
+
+    def read(self, n):
+        parts = []
+        while n > 0:
+            if self._inflate.eof:
+                self._tail = self._inflate.unused_data
+                if not self._tail.strip(b"\0"):  # the end, or gzip's zero padding
+                    break
+                self._inflate = zlib.decompressobj(31)
+            elif not self._tail:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            part = self._inflate.decompress(self._tail, n)
+            self._tail = self._inflate.unconsumed_tail
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._tail = b""
+
+
 def _open(path):
     path = Path(path)
     try:
-        return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
+        return _Gunzip(path) if path.suffix == ".gz" else open(path, "rb")
     except FileNotFoundError:
         raise DataError("file not found", source=path) from None
     except OSError as e:
@@ -61,7 +96,7 @@ def read_idx(path):
             n_bytes = int(np.prod(dims, dtype=object)) * dtype.itemsize
             _check_size_plausible(path, n_bytes, 4 + len(dims_raw))
             data = _read_exactly(f, n_bytes, path)
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"cannot read: {e}", source=path) from None
     return np.frombuffer(data, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(dims)
 
@@ -208,11 +243,10 @@ class Dataset:
         return self.x.shape[1]
 
     def batch(self, rows, out):
-        from .kernels import jit
         mean = self._typed.get(out.dtype)
         if mean is None:
             mean = self._typed[out.dtype] = self.mean.astype(out.dtype)
-        jit.gather_scale(self.x, rows, mean, out.dtype.type(self.scale), out)
+        kernels.jit.gather_scale(self.x, rows, mean, out.dtype.type(self.scale), out)
         return out
 
     def inputs(self, dtype=np.float32, rows=None):

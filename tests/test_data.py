@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bpnet.config import resolve
-from bpnet.data import Dataset, read_csv, read_dataset, read_idx, read_npz
+from bpnet.data import Dataset, _Gunzip, read_csv, read_dataset, read_idx, read_npz
 from bpnet.errors import DataError
 from bpnet.session import open_session
 
@@ -75,6 +75,25 @@ def test_idx_gzip_cut_short(tmp_path):
     path = tmp_path / "cut.idx.gz"
     path.write_bytes(packed[: len(packed) // 2])
     idx_error(path)
+
+
+@pytest.mark.parametrize("members,padding", [(1, 0), (3, 0), (2, 512)])
+def test_gunzip_reads_what_gzip_reads(tmp_path, members, padding):
+    rng = np.random.default_rng(members)
+    pieces = [rng.integers(0, 4, 50_000 + k, dtype=np.uint8).tobytes() for k in range(members)]
+    path = tmp_path / "m.gz"
+    path.write_bytes(b"".join(gzip.compress(p) for p in pieces) + b"\0" * padding)
+    with _Gunzip(path) as f:
+        got = [f.read(n) for n in (1, 7, 40_000, 10**6, 5)]
+    assert b"".join(got) == gzip.decompress(path.read_bytes()) == b"".join(pieces)
+    assert [len(g) for g in got[:3]] == [1, 7, 40_000] and got[-1] == b""
+
+
+def test_gunzip_truncated_member(tmp_path):
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(b"x" * 1000) + gzip.compress(b"y" * 1000)[:-12])
+    with pytest.raises(EOFError), _Gunzip(path) as f:
+        f.read(5000)
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
