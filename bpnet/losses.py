@@ -8,7 +8,7 @@ gradient together in one fused kernel, so backward never recomputes what forward
 import numpy as np
 
 from .errors import DataError, ShapeError
-from .kernels import jit
+from . import kernels
 
 LOSSES = {}
 
@@ -89,7 +89,7 @@ class SoftmaxCrossEntropy(Loss):
     type_name, target_kind, classification = "softmax_cross_entropy", "class", True
 
     def _forward(self, z, t, grad):
-        return jit.softmax_xent(z, t, grad, self.dtype.type(1 / z.shape[0]))
+        return kernels.jit.softmax_xent(z, t, grad, self.dtype.type(1 / z.shape[0]))
 
     def targets_from(self, y, source):
         y = np.asarray(y)
@@ -114,7 +114,7 @@ class SoftmaxCrossEntropy(Loss):
 
     def output(self, z):
         p = np.empty_like(z)
-        jit.softmax(z, p)
+        kernels.jit.softmax(z, p)
         return p
 
 
@@ -125,7 +125,7 @@ class SigmoidCrossEntropy(Loss):
     type_name, target_kind, classification = "sigmoid_cross_entropy", "binary", True
 
     def _forward(self, z, t, grad):
-        loss = jit.sigmoid_xent(z, t, grad, self.dtype.type(1 / z.shape[0]))
+        loss = kernels.jit.sigmoid_xent(z, t, grad, self.dtype.type(1 / z.shape[0]))
         return loss, int(((z > 0) == (t > 0.5)).sum())
 
     def targets_from(self, y, source):
@@ -152,4 +152,4 @@ class MeanSquaredError(Loss):
     type_name = "mse"
 
     def _forward(self, z, t, grad):
-        return jit.squared_error(z, t, grad, self.dtype.type(1 / z.shape[0])), None
+        return kernels.jit.squared_error(z, t, grad, self.dtype.type(1 / z.shape[0])), None

@@ -10,7 +10,7 @@ derivative and the bias gradient). Layers remain usable on their own through the
 import numpy as np
 
 from .errors import CheckpointError, ShapeError
-from .kernels import jit
+from . import kernels
 from .layers import Activation, Affine
 
 PREDICT_CHUNK = 1024
@@ -41,13 +41,13 @@ class _AffineActivationStage:
     def forward(self, x, y, train):
         affine, act = self.affine, self.act
         np.matmul(x, affine.W.data.T, out=y)
-        jit.bias_act_forward(y, affine.b.data, act.kind, act.alpha)
+        kernels.jit.bias_act_forward(y, affine.b.data, act.kind, act.alpha)
         affine._cache, act._cache = ((x,), (y,)) if train else (None, None)
 
     def backward(self, dy, dx, dz):
         (x,), (y,) = self.affine._cache, self.act._cache
         db, overwrite = self.affine.b.grad_for_write()
-        jit.act_backward_bias_grad(dy, y, dz, db, overwrite, self.act.kind, self.act.alpha)
+        kernels.jit.act_backward_bias_grad(dy, y, dz, db, overwrite, self.act.kind, self.act.alpha)
         self.affine.W.add_matmul(dz.T, x)
         if dx is not None:
             np.matmul(dz, self.affine.W.data, out=dx)

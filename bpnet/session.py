@@ -3,10 +3,12 @@
 ``train``, ``eval``, ``predict``, ``gradcheck`` and ``info`` all start from one.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kernels
 from .build import build_net
 from .data import Dataset, read_dataset
 from .errors import ConfigError, DataError
@@ -26,10 +28,14 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     if data is None:
         raise ConfigError("missing; this command needs data (or use --random where offered)",
                           source=source, where="data")
-    raw = {}
-    for name in ("train", "val", "test"):
-        if data[name] is not None and (name in splits or name == "train"):
-            raw[name] = read_dataset(data[name])
+    wanted = [name for name in ("train", "val", "test")
+              if data[name] is not None and (name in splits or name == "train")]
+    # Reading is mostly inflate and file reads, which run without the GIL: on a thread, it
+    # overlaps the import of numba (half a second) that building the network needs anyway.
+    with ThreadPoolExecutor(1) as reader:
+        reading = [reader.submit(read_dataset, data[name]) for name in wanted]
+        kernels.load()
+        raw = {name: job.result() for name, job in zip(wanted, reading)}
     x_train = raw["train"][0]
     net = build_net(cfg, x_train.shape[1], dtype=dtype, source=source)
     for name, (x, _, path) in raw.items():

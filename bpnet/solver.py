@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .kernels import jit
+from . import kernels
 
 
 class Solver:
@@ -41,11 +41,11 @@ class Solver:
             if cfg["type"] == "adam":
                 b1, b2 = cfg["beta1"], cfg["beta2"]
                 correction = math.sqrt(1 - b2 ** self.steps) / (1 - b1 ** self.steps)
-                jit.adam_update(w, g, state["m"].reshape(-1), state["v"].reshape(-1),
+                kernels.jit.adam_update(w, g, state["m"].reshape(-1), state["v"].reshape(-1),
                                 typed(rate * correction), typed(b1), typed(b2), typed(cfg["eps"]),
                                 decay)
             else:
-                jit.sgd_update(w, g, state["v"].reshape(-1), rate, typed(cfg["momentum"]), decay,
+                kernels.jit.sgd_update(w, g, state["v"].reshape(-1), rate, typed(cfg["momentum"]), decay,
                                cfg["type"] == "nesterov")
 
     def grad_norm(self):

@@ -94,13 +94,13 @@ def test_net_gradients_match_central_differences(loss, rng):
 
 def test_a_broken_fused_kernel_fails_the_net_check(rng, monkeypatch):
     net = make_net()
-    original = net_module.jit.act_backward_bias_grad
+    original = net_module.kernels.jit.act_backward_bias_grad
 
     def broken(dy, y, dz, db, overwrite, kind, alpha):
         original(dy, y, dz, db, overwrite, kind, alpha)
         db *= 1.05
 
-    monkeypatch.setattr(net_module.jit, "act_backward_bias_grad", broken)
+    monkeypatch.setattr(net_module.kernels.jit, "act_backward_bias_grad", broken)
     report = check_net(net, rng.standard_normal((3, N_IN)), rng.integers(0, 4, 3))
     assert not report.passed
     failed = {t.name for t in report.tensors if not t.passed}

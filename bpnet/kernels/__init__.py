@@ -1,10 +1,12 @@
 """Elementwise kernels: numba-compiled in ``jit``, with plain-numpy twins in ``reference``.
 
-Importing this package imports numba (about half a second), so the rest of bpnet imports it
-only when a network is built; ``bpnet --help`` never pays for it. Compiled kernels are cached
-on disk; when the package folder is read-only the cache goes to a per-user folder instead.
+``jit`` imports numba (about half a second), so this package loads it on first use, as
+``kernels.jit``: ``bpnet --help`` and config checks never pay for it, and a session can read
+its data while it loads (``load``). Compiled kernels are cached on disk; when the package
+folder is read-only the cache goes to a per-user folder instead.
 """
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -38,8 +40,18 @@ def _choose_cache_dir():
             return
 
 
-_choose_cache_dir()
+_choose_cache_dir()  # before numba is imported: it reads the folder once
 
-from . import jit, reference  # noqa: E402  (after the cache folder is chosen)
 
-__all__ = ["jit", "reference", "NAMES", "IDENTITY", "RELU", "LEAKY_RELU", "SIGMOID", "TANH"]
+def load():
+    """Import numba and the kernels now (each loads from the disk cache at its first call)."""
+    return importlib.import_module(f"{__name__}.jit")
+
+
+def __getattr__(name):
+    if name in ("jit", "reference"):  # importing a submodule also sets it on this package
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["jit", "reference", "load", "NAMES", "IDENTITY", "RELU", "LEAKY_RELU", "SIGMOID", "TANH"]

@@ -3,7 +3,8 @@
 import numpy as np
 
 from .. import spec
-from ..kernels import LEAKY_RELU, RELU, SIGMOID, TANH, jit
+from .. import kernels
+from ..kernels import LEAKY_RELU, RELU, SIGMOID, TANH
 from .base import Layer, register
 
 
@@ -20,13 +21,13 @@ class Activation(Layer):
         return self.dtype.type(self.options.get("slope", 0.0))
 
     def _forward(self, x, y, train):
-        jit.act_forward(x, y, self.kind, self.alpha)
+        kernels.jit.act_forward(x, y, self.kind, self.alpha)
         if train:
             self._cache = (y,)
 
     def _backward(self, dy, dx):
         (y,) = self._cache
-        jit.act_backward(dy, y, dx, self.kind, self.alpha)
+        kernels.jit.act_backward(dy, y, dx, self.kind, self.alpha)
 
     def kink_pattern(self):
         return self._cache[0] > 0 if self.kink else None

@@ -4,7 +4,8 @@ import numpy as np
 
 from .. import spec
 from ..initializers import check_init, initialize, parse_init
-from ..kernels import IDENTITY, jit
+from .. import kernels
+from ..kernels import IDENTITY
 from .base import Layer, Param, register
 
 
@@ -42,14 +43,14 @@ class Affine(Layer):
 
     def _forward(self, x, y, train):
         np.matmul(x, self.W.data.T, out=y)
-        jit.bias_act_forward(y, self.b.data, IDENTITY, self.dtype.type(0))
+        kernels.jit.bias_act_forward(y, self.b.data, IDENTITY, self.dtype.type(0))
         if train:
             self._cache = (x,)
 
     def _backward(self, dy, dx):
         (x,) = self._cache
         self.W.add_matmul(dy.T, x)
-        jit.column_sum(dy, *self.b.grad_for_write())
+        kernels.jit.column_sum(dy, *self.b.grad_for_write())
         if dx is not None:
             np.matmul(dy, self.W.data, out=dx)
 
