@@ -21,32 +21,35 @@ class Solver:
         self.steps = 0
         slots = ("m", "v") if cfg["type"] == "adam" else ("v",)
         self.state = {name: {s: np.zeros_like(p.data) for s in slots} for name, p in params.items()}
+        # flat views, in the kernels' argument order; loading a state writes into the arrays
+        self._flat_state = {name: tuple(a.reshape(-1) for a in slots.values())
+                            for name, slots in self.state.items()}
 
     def step(self, lr, batches=1):
         """Apply one update with learning rate ``lr`` from gradients summed over ``batches``."""
-        cfg = self.cfg
+        cfg, jit = self.cfg, kernels.jit
         scale = 1.0 / batches
         if cfg["clip_norm"] > 0:
             norm = scale * self.grad_norm()
             if norm > cfg["clip_norm"]:
                 scale *= cfg["clip_norm"] / norm
         self.steps += 1
+        adam, nesterov = cfg["type"] == "adam", cfg["type"] == "nesterov"
+        if adam:
+            b1, b2 = cfg["beta1"], cfg["beta2"]
+            correction = math.sqrt(1 - b2 ** self.steps) / (1 - b1 ** self.steps)
         for name, p in self.params.items():
             grad = p.grad
             if scale != 1.0:
                 grad *= grad.dtype.type(scale)
-            typed = p.data.dtype.type
+            typed = grad.dtype.type
             rate, decay = typed(lr * p.lr_mult), typed(cfg["weight_decay"] * p.decay_mult)
-            w, g, state = p.data.reshape(-1), grad.reshape(-1), self.state[name]
-            if cfg["type"] == "adam":
-                b1, b2 = cfg["beta1"], cfg["beta2"]
-                correction = math.sqrt(1 - b2 ** self.steps) / (1 - b1 ** self.steps)
-                kernels.jit.adam_update(w, g, state["m"].reshape(-1), state["v"].reshape(-1),
-                                typed(rate * correction), typed(b1), typed(b2), typed(cfg["eps"]),
-                                decay)
+            w, g, state = p.data.reshape(-1), grad.reshape(-1), self._flat_state[name]
+            if adam:
+                jit.adam_update(w, g, *state, typed(rate * correction), typed(b1), typed(b2),
+                                typed(cfg["eps"]), decay)
             else:
-                kernels.jit.sgd_update(w, g, state["v"].reshape(-1), rate, typed(cfg["momentum"]), decay,
-                               cfg["type"] == "nesterov")
+                jit.sgd_update(w, g, *state, rate, typed(cfg["momentum"]), decay, nesterov)
 
     def grad_norm(self):
         """Global L2 norm of all gradients, accumulated in float64."""
