@@ -3,7 +3,7 @@
 ``train``, ``eval``, ``predict``, ``gradcheck`` and ``info`` all start from one.
 """
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,12 +30,7 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
                           source=source, where="data")
     wanted = [name for name in ("train", "val", "test")
               if data[name] is not None and (name in splits or name == "train")]
-    # Reading is mostly inflate and file reads, which run without the GIL: on a thread, it
-    # overlaps the import of numba (half a second) that building the network needs anyway.
-    with ThreadPoolExecutor(1) as reader:
-        reading = [reader.submit(read_dataset, data[name]) for name in wanted]
-        kernels.load()
-        raw = {name: job.result() for name, job in zip(wanted, reading)}
+    raw = dict(zip(wanted, _read_while_numba_imports([data[name] for name in wanted])))
     x_train = raw["train"][0]
     net = build_net(cfg, x_train.shape[1], dtype=dtype, source=source)
     for name, (x, _, path) in raw.items():
@@ -61,6 +56,42 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
         out["val"] = train.subset(np.arange(n - split, n))
         out["train"] = train.subset(np.arange(n - split))
     return Session(cfg, net, {k: v for k, v in out.items() if k in splits}, source)
+
+
+def _read_while_numba_imports(specs):
+    """The datasets, read on a thread while this one imports numba (about half a second),
+    which building the network needs anyway. Inflating .gz files and reading files run
+    without the GIL, so the two overlap; CSV parsing is Python and gains nothing.
+
+    The thread is a daemon that stops after a failed read: an error or Ctrl-C here does not
+    wait for the other datasets to be read.
+    """
+    results, done, stop = [None] * len(specs), [threading.Event() for _ in specs], threading.Event()
+
+    def read_all():
+        for i, spec in enumerate(specs):
+            if stop.is_set():
+                return
+            try:
+                results[i] = (read_dataset(spec), None)
+            except BaseException as e:  # noqa: B036  (handed to the main thread as it is)
+                results[i] = (None, e)
+                stop.set()
+            done[i].set()
+
+    threading.Thread(target=read_all, name="bpnet-read", daemon=True).start()
+    try:
+        kernels.load()
+        out = []
+        for i in range(len(specs)):
+            done[i].wait()
+            value, error = results[i]
+            if error is not None:
+                raise error
+            out.append(value)
+        return out
+    finally:
+        stop.set()
 
 
 def evaluate(net, dataset, batch=1024, dtype=None):
