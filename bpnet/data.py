@@ -21,27 +21,47 @@ _CHUNK = 1 << 22
 class _Gunzip:
     """A .gz file for reading, inflated by zlib from the compressed bytes in memory.
 
-    gzip.open takes the GIL back every 128 KB; here each read inflates in one long call that
-    runs without it, so a session can read its data while the main thread imports numba.
-    Concatenated members read as one stream, as with gzip.open.
+    gzip.open takes the GIL back every 128 KB; here inflate gets 1 MB of input per call and
+    runs without the GIL meanwhile, so a session can read its data while the main thread
+    imports numba. Members (with zero padding between them) read as one stream, as gzip.open
+    reads them.
     """
 
+    FEED = 1 << 20  # compressed bytes per call; zlib copies what a call leaves unconsumed
+
     def __init__(self, path):
-        self._tail = path.read_bytes()  # the compressed file: its size is what the disk holds
+        self._raw = memoryview(path.read_bytes())  # compressed: as large as the disk file
+        self._pos, self._pending = 0, b""
         self._inflate = zlib.decompressobj(31)  # 31: expect and check a gzip header and trailer
+
+    def _input(self):
+        if not self._pending:
+            self._pending = self._raw[self._pos:self._pos + self.FEED]
+            self._pos += len(self._pending)
+        return self._pending
+
+    def _next_member(self):
+        """After a member's end: start the next one, past zero padding. False at the end."""
+        self._pending = self._inflate.unused_data.lstrip(b"\0")
+        while not self._pending and self._pos < len(self._raw):
+            self._pending = bytes(self._input()).lstrip(b"\0")
+        if not self._pending:
+            return False
+        self._inflate = zlib.decompressobj(31)
+        return True
 
     def read(self, n):
         parts = []
         while n > 0:
-            if self._inflate.eof:
-                self._tail = self._inflate.unused_data
-                if not self._tail.strip(b"\0"):  # the end, or gzip's zero padding
+            if self._inflate.eof and not self._next_member():
+                break
+            data = self._input()
+            if not data:
+                if self._pos == 0:  # an empty file reads as empty, as with gzip.open
                     break
-                self._inflate = zlib.decompressobj(31)
-            elif not self._tail:
                 raise EOFError("compressed file ended before the end-of-stream marker was reached")
-            part = self._inflate.decompress(self._tail, n)
-            self._tail = self._inflate.unconsumed_tail
+            part = self._inflate.decompress(data, n)
+            self._pending = self._inflate.unconsumed_tail
             parts.append(part)
             n -= len(part)
         return b"".join(parts)
@@ -50,7 +70,7 @@ class _Gunzip:
         return self
 
     def __exit__(self, *exc):
-        self._tail = b""
+        self._raw.release()
 
 
 def _open(path):
@@ -102,22 +122,17 @@ def read_idx(path):
 
 
 def _check_size_plausible(path, n_bytes, header_len):
-    """Compare a header's promise with the file: its size, or for gzip the stored length."""
+    """Reject a header that promises more data than the file can hold, before reading it.
+
+    Reading then finds any smaller mismatch: it takes what the file holds in chunks.
+    """
     path = Path(path)
     size = path.stat().st_size
     if path.suffix == ".gz":
-        if size >= 4:  # gzip ends with the uncompressed length modulo 2**32
-            with open(path, "rb") as raw:
-                raw.seek(-4, 2)
-                stored = int.from_bytes(raw.read(4), "little")
-            held = (stored - header_len) % 2**32
-            if n_bytes > 1032 * size + (1 << 16) or held < n_bytes:  # deflate packs <= 1032:1
-                raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, the "
-                                f"file decompresses to {held}", source=path)
-            if held > n_bytes:
-                raise DataError(f"the file holds more than the {n_bytes} data bytes its header "
-                                f"promises", source=path)
-    elif n_bytes > size:
+        if n_bytes > 1032 * size + (1 << 16):  # deflate packs at most 1032:1
+            raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, more "
+                            f"than {size} compressed bytes can hold", source=path)
+    elif n_bytes > size - header_len:
         raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, the file has "
                         f"{size} bytes in all", source=path)
 
@@ -212,11 +227,16 @@ def read_dataset(spec):
         source = spec["path"]
     if x.dtype.kind not in "uif" or y.dtype.kind not in "uifb":
         raise DataError(f"arrays have dtypes {x.dtype} and {y.dtype}, expected numbers", source=source)
+    if x.ndim == 0 or y.ndim == 0:
+        raise DataError(f"arrays have shapes {x.shape} and {y.shape}, expected one example per "
+                        f"row", source=source)
     if len(x) == 0:
         raise DataError("the dataset is empty", source=source)
     if len(x) != len(y):
         raise DataError(f"{len(x)} inputs but {len(y)} labels", source=source)
     x = np.ascontiguousarray(x.reshape(len(x), -1))
+    if x.shape[1] == 0:
+        raise DataError("the examples have no features", source=source)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise DataError(f"input of example {row} has a NaN or infinite value", source=source)
@@ -230,7 +250,9 @@ class Dataset:
     """
 
     def __init__(self, x, y, mean, scale, source=None):
-        self.x, self.y, self.source = x, y, source
+        # read-only, as arrays read from bytes are: the gather kernel then has one signature
+        self.x, self.y, self.source = x.view(), y, source
+        self.x.flags.writeable = False
         self.mean = np.broadcast_to(np.asarray(mean, np.float64), (x.shape[1],)).copy()
         self.scale = scale
         self._typed = {}

@@ -77,16 +77,31 @@ def test_idx_gzip_cut_short(tmp_path):
     idx_error(path)
 
 
-@pytest.mark.parametrize("members,padding", [(1, 0), (3, 0), (2, 512)])
-def test_gunzip_reads_what_gzip_reads(tmp_path, members, padding):
+@pytest.mark.parametrize("members,padding", [(1, 0), (3, 0), (2, 512), (3, 7)])
+def test_gunzip_reads_what_gzip_reads(tmp_path, members, padding, monkeypatch):
+    monkeypatch.setattr(_Gunzip, "FEED", 4096)  # many feeds per member, and members across feeds
     rng = np.random.default_rng(members)
     pieces = [rng.integers(0, 4, 50_000 + k, dtype=np.uint8).tobytes() for k in range(members)]
     path = tmp_path / "m.gz"
-    path.write_bytes(b"".join(gzip.compress(p) for p in pieces) + b"\0" * padding)
+    path.write_bytes(b"".join(gzip.compress(p) + b"\0" * padding for p in pieces))
     with _Gunzip(path) as f:
         got = [f.read(n) for n in (1, 7, 40_000, 10**6, 5)]
     assert b"".join(got) == gzip.decompress(path.read_bytes()) == b"".join(pieces)
     assert [len(g) for g in got[:3]] == [1, 7, 40_000] and got[-1] == b""
+
+
+def test_idx_gzip_in_members(tmp_path):
+    images = np.arange(3000, dtype=np.uint8).reshape(30, 100) % 11
+    data = idx_bytes(images)
+    path = tmp_path / "m.idx.gz"
+    path.write_bytes(gzip.compress(data[:1000]) + b"\0" * 8 + gzip.compress(data[1000:]))
+    np.testing.assert_array_equal(read_idx(path), images)
+
+
+def test_idx_gzip_empty(tmp_path):
+    path = tmp_path / "e.idx.gz"
+    path.write_bytes(b"")
+    assert "not an IDX file" in idx_error(path)
 
 
 def test_gunzip_truncated_member(tmp_path):
@@ -254,6 +269,9 @@ def test_read_dataset_flattens_and_keeps_the_stored_dtype(tmp_path, rng):
     (np.zeros((0, 2)), np.zeros(0), "empty"),
     (np.array([[0, 1], [np.nan, 2]]), np.zeros(2), "example 1"),
     (np.array([["a", "b"]]), np.zeros(1), "expected numbers"),
+    (np.zeros((4, 0)), np.zeros(4), "no features"),
+    (np.float64(3.0), np.zeros(4), "one example per row"),
+    (np.zeros((4, 2)), np.int64(1), "one example per row"),
 ])
 def test_read_dataset_refuses_bad_arrays(tmp_path, x, y, text):
     np.savez(tmp_path / "d.npz", x=x, y=y)

@@ -345,3 +345,21 @@ def test_shipped_toy_configs_train_and_predict(tmp_path, config, header):
         assert set(np.unique(table[:, 0])) <= {0.0, 1.0}
         np.testing.assert_array_equal(table[:, 0], table[:, 1] > 0.5)
         assert float(rows[-1]["test_acc"]) > 0.8
+
+
+def test_training_compiles_each_kernel_once(tmp_path, mnist_slice):
+    """IDX data is read-only (read from bytes); subsets and NPZ arrays are not. A kernel that
+    saw both would compile, and load from the cache, twice."""
+    from conftest import MNIST
+    config = small_mnist_config(tmp_path, mnist_slice, solver={"epochs": 1}, data={
+        "test": {"format": "idx", "images": str(MNIST / "t10k-images-idx3-ubyte.gz"),
+                 "labels": str(MNIST / "t10k-labels-idx1-ubyte.gz")}})
+    code = ("import json, sys\n"
+            "from bpnet import api, kernels\n"
+            "api.train(sys.argv[1], out=sys.argv[2], quiet=True)\n"
+            "print(json.dumps({n: len(getattr(kernels.jit, n).signatures) for n in kernels.NAMES}))")
+    run = subprocess.run([sys.executable, "-c", code, str(config), str(tmp_path / "run")],
+                         capture_output=True, text=True, check=True)
+    counts = json.loads(run.stdout.splitlines()[-1])
+    assert counts["gather_scale"] == 1 and counts["sgd_update"] == 1
+    assert max(counts.values()) == 1, counts
