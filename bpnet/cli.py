@@ -4,6 +4,7 @@ Nothing heavy is imported at module level, so ``bpnet --help`` answers at once; 
 numba load only when a command runs.
 """
 
+import gc
 import os
 import sys
 
@@ -243,6 +244,7 @@ def main(argv=None):
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("Stopped.", err=True)
+        gc.freeze()  # exit without collecting what a reader thread left (1 s for a big CSV)
         sys.exit(130)
     except click.ClickException as e:
         if debug:
