@@ -8,6 +8,8 @@ import copy
 import gzip
 import io
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from bpnet import checkpoint as ckpt
 from bpnet.build import build_net
 from bpnet.config import apply_override, load_config, resolve
-from bpnet.data import read_csv, read_idx, read_npz
+from bpnet.data import _Gunzip, read_csv, read_idx, read_npz
 from bpnet.errors import BpnetError
 
 FUZZ = settings(max_examples=60, deadline=None,
@@ -143,6 +145,28 @@ def test_corrupted_idx_reads_or_fails_cleanly(tmp_path, edits, cut, gz):
     except BpnetError:
         return
     assert array.size * array.itemsize <= len(raw) * 4 + 1024
+
+
+@FUZZ
+@given(members=st.lists(st.tuples(st.binary(max_size=300), st.integers(0, 9)), min_size=1,
+                        max_size=4),
+       feed=st.integers(1, 64), reads=st.lists(st.integers(0, 200), min_size=1, max_size=8))
+def test_gunzip_reads_what_gzip_reads(monkeypatch, members, feed, reads):
+    """Members with zero padding after each, fed to inflate in slices of any size, read in
+    pieces of any size: the bytes gzip reads, and no short read before the end."""
+    monkeypatch.setattr(_Gunzip, "FEED", feed)
+    data = b"".join(gzip.compress(m) + b"\0" * pad for m, pad in members)
+    expected = gzip.decompress(data)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "f.gz"
+        path.write_bytes(data)
+        got = []
+        with _Gunzip(path) as f:
+            for n in reads:
+                got.append(f.read(n))
+                assert len(got[-1]) == min(n, len(expected) - sum(map(len, got[:-1])))
+            got.append(f.read(10**6))
+    assert b"".join(got) == expected
 
 
 def npz_bytes():
