@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from .. import spec
-from .. import kernels
+from .. import kernels, spec
 from ..kernels import LEAKY_RELU, RELU, SIGMOID, TANH
 from .base import Layer, register
 

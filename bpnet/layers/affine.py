@@ -2,9 +2,8 @@
 
 import numpy as np
 
-from .. import spec
+from .. import kernels, spec
 from ..initializers import check_init, initialize, parse_init
-from .. import kernels
 from ..kernels import IDENTITY
 from .base import Layer, Param, register
 
