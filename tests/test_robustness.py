@@ -317,6 +317,21 @@ def test_signal_checkpoints_and_resume_is_seamless(tmp_path, reference_run, sig,
     assert_same_params(params_of(ckpt.list_checkpoints(run / "checkpoints")[-1]), expected)
 
 
+def test_ctrl_c_while_the_cli_is_still_loading_exits_quietly():
+    # Ctrl-C lands while click and the commands are imported, before the CLI's handler exists
+    code = ("import builtins, sys\n"
+            "real = builtins.__import__\n"
+            "def interrupted(name, globals=None, locals=None, fromlist=(), level=0):\n"
+            "    if level == 1 and name == 'cli':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, globals, locals, fromlist, level)\n"
+            "builtins.__import__ = interrupted\n"
+            "from bpnet.__main__ import main\n"
+            "main()\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (run.returncode, run.stderr) == (130, "Stopped.\n")
+
+
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, reference_run):
     config, expected = reference_run
     run, rng = tmp_path / "run", np.random.default_rng(11)
