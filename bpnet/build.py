@@ -30,17 +30,32 @@ def build_net(cfg, n_in=None, dtype=np.float32, source=None):
                           source=source, where="net.input")
     init_rng, dropout_rng, _ = seeds(cfg["seed"])
     layers = []
+    width_from = "net.input" if declared else "the data"
     for i, layer_cfg in enumerate(net_cfg["layers"]):
         cls = LAYERS[layer_cfg["type"]]
         options = {k: v for k, v in layer_cfg.items() if k not in ("name", "type")}
         rng = dropout_rng if layer_cfg["type"] == "dropout" else init_rng
-        layer = cls(layer_cfg["name"], width, options, dtype=dtype, rng=rng,
-                    where=f"net.layers[{i}]", source=source)
+        where = f"net.layers[{i}]"
+        try:
+            layer = cls(layer_cfg["name"], width, options, dtype=dtype, rng=rng, where=where,
+                        source=source)
+        except (MemoryError, ValueError):
+            # options are checked by now: numpy refusing an array this large is what is left
+            raise _too_large(layer_cfg, width, width_from, where, source) from None
         layers.append(layer)
-        width = layer.n_out
+        if layer.n_out != width:
+            width, width_from = layer.n_out, f"{where}.out"
     net = Net(layers, LOSSES[net_cfg["loss"]](width, dtype), dtype)
     net.dropout_rng = dropout_rng  # checkpointed, so a resumed run draws the same masks
     return net
+
+
+def _too_large(layer_cfg, width, width_from, where, source):
+    out = layer_cfg.get("out")
+    shape = f"{width} inputs (from {width_from})" + ("" if out is None else f" and {out} outputs")
+    return ConfigError(f"layer {layer_cfg['name']!r} ({layer_cfg['type']}) with {shape} is too "
+                       f"large to allocate", source=source,
+                       where=f"{where}.out" if out is not None else where)
 
 
 def input_width(cfg, source=None):

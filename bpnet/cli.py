@@ -21,7 +21,9 @@ def _threads(ctx, param, value):
     return value
 
 
-THREADS = click.option("--threads", type=click.IntRange(min=1), callback=_threads, is_eager=True,
+# max is config.MAX_THREADS, written out so that `bpnet --help` need not import yaml
+THREADS = click.option("--threads", type=click.IntRange(min=1, max=1024), callback=_threads,
+                       is_eager=True,
                        help="BLAS threads (default: the config's threads, else all cores).")
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                    help="Override a config key, e.g. --set solver.lr=0.1 (repeatable).")

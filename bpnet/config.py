@@ -14,8 +14,24 @@ from . import spec
 from .errors import ConfigError, describe
 from .spec import Option
 
+MAX_THREADS = 1024  # far above any CPU bpnet runs on; threadpoolctl overflows on huge counts
 SOLVERS = ("sgd", "nesterov", "adam")
 LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "newbob")
+
+
+def _delimiter(v):
+    if not isinstance(v, str) or len(v) != 1 or v in '"\r\n':
+        raise ValueError("a single character (not a quote or a line break)")
+    return v
+
+
+def _run_name(v):
+    # the name is a folder under runs/: no separators, and never . or ..
+    if not isinstance(v, str) or not re.fullmatch(r"[\w.-]+", v) or v in (".", ".."):
+        raise ValueError("a plain name of letters, digits, _, - or . (it names the run folder)")
+    return v
+
+
 FORMATS = {
     "idx": {"images": Option(spec.text), "labels": Option(spec.text)},
     "npz": {"path": Option(spec.text), "x": Option(spec.text, "x"), "y": Option(spec.text, "y")},
@@ -23,7 +39,7 @@ FORMATS = {
             "label": Option(spec.either(spec.integer(), spec.text,
                                         spec.list_of(spec.either(spec.integer(), spec.text), 1))),
             "header": Option(spec.either(spec.choice("auto"), spec.boolean), "auto"),
-            "delimiter": Option(spec.text, ",")},
+            "delimiter": Option(_delimiter, ",")},
 }
 
 DATA = {
@@ -73,9 +89,10 @@ CHECKPOINT = {
     "best": Option(spec.boolean, True, doc="also keep the best by validation loss"),
 }
 TOP = {
-    "name": Option(spec.text, None),
+    "name": Option(_run_name, None),
     "seed": Option(spec.integer(low=0), 0),
-    "threads": Option(spec.integer(low=0), 0, doc="BLAS threads; 0 leaves the default"),
+    "threads": Option(spec.integer(low=0, high=MAX_THREADS), 0,
+                      doc="BLAS threads; 0 leaves the default"),
     "data": Option(spec.anything, None),
     "net": Option(spec.anything),
     "solver": Option(spec.anything, {}),
@@ -83,8 +100,49 @@ TOP = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (safe_load keeps the last silently) and turns a
+    value Python cannot hold (a 5,000-digit integer, month 13) into a YAML error at its line."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with << may be overridden: that is their purpose
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not None:
+                    raise _YAMLValueError(f"duplicate key {describe(key)} (first at line "
+                                          f"{first.line + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:
+            raise _YAMLValueError(f"cannot read the value: {e}", node.start_mark) from None
+
+
+class _YAMLValueError(yaml.YAMLError):
+    """Well-formed YAML whose content bpnet refuses; not a syntax error."""
+
+    def __init__(self, problem, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def _parse_yaml(text):
+    """The YAML in ``text``; raises yaml.YAMLError, or RecursionError when nested too deeply."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+
+
 def load_yaml(path):
-    """Read a YAML file with safe_load; errors name the file, line and column."""
+    """Read a YAML file with safe loading; errors name the file, line and column."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -93,12 +151,15 @@ def load_yaml(path):
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {getattr(e, 'strerror', None) or e}", source=path) from None
     try:
-        return yaml.safe_load(text)
+        return _parse_yaml(text)
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply to read", source=path) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"YAML syntax error: {problem}", source=path, where=where) from None
+        kind = "YAML error" if isinstance(e, _YAMLValueError) else "YAML syntax error"
+        raise ConfigError(f"{kind}: {problem}", source=path, where=where) from None
 
 
 def load_config(path, overrides=()):
@@ -119,7 +180,8 @@ def resolve(raw, source=None, base=Path(".")):
 
     cfg = spec.parse(raw, TOP, "", source)
     if cfg["name"] is None:
-        cfg["name"] = Path(source).stem if source else "net"
+        stem = Path(source).stem if source else "net"
+        cfg["name"] = stem if stem not in (".", "..") else "net"  # a file named ..yaml
     cfg["data"] = _data(cfg["data"], source, base) if cfg["data"] is not None else None
     net = cfg["net"] = spec.parse(cfg["net"], NET, "net", source)
     net["layers"] = [_layer(layer, i, source, LAYERS) for i, layer in enumerate(net["layers"])]
@@ -172,6 +234,10 @@ def _layer(value, i, source, registry):
         raise ConfigError(f"found {describe(name)}, expected a name of letters, digits, _ or -",
                           source=source, where=f"{where}.name")
     options = {k: v for k, v in value.items() if k not in ("type", "name")}
+    if options and not registry[kind].OPTIONS:
+        key = next(iter(options))
+        raise ConfigError(f"unknown key {key!r}: a {kind} layer takes no options, only type and "
+                          f"name", source=source, where=f"{where}.{key}")
     return {"name": name, "type": kind,
             **spec.parse(options, registry[kind].OPTIONS, where, source)}
 
@@ -186,9 +252,13 @@ def apply_override(raw, expr):
         raise ConfigError(f"found {expr!r}, expected KEY=VALUE such as solver.lr=0.1",
                           source="--set")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"value {text!r} is not valid YAML", source="--set", where=key) from None
+        value = _parse_yaml(text) if text.strip() else None
+    except RecursionError:
+        raise ConfigError(f"value {describe(text)} is nested too deeply", source="--set",
+                          where=key) from None
+    except yaml.YAMLError as e:
+        problem = f": {e.problem}" if isinstance(e, _YAMLValueError) else " is not valid YAML"
+        raise ConfigError(f"value {describe(text)}{problem}", source="--set", where=key) from None
     steps = []
     for part in key.strip().split("."):
         m = _PATH_PART.fullmatch(part)

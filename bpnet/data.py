@@ -1,8 +1,10 @@
 """Data: IDX, NPZ and CSV readers, and the Dataset that serves scaled float batches.
 
 Inputs stay in their stored dtype (uint8 for MNIST) and are converted a batch at a time by one
-fused kernel, so a 60,000-image training set costs 47 MB, not 188. Readers check what a file
-says about itself (magic numbers, header sizes) against what it holds before allocating.
+fused kernel, so a 60,000-image training set costs 47 MB, not 188. Only dtypes the kernels
+cannot read (float16, long double, a foreign byte order) are converted when read. Readers check
+what a file says about itself (magic numbers, header sizes) against what it holds before
+allocating.
 """
 
 import csv
@@ -140,7 +142,11 @@ def _check_size_plausible(path, n_bytes, header_len):
 def read_npz(path, x_key, y_key):
     """Two arrays from an .npz file, loaded without pickle."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped, not read, if an .npy
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError("not an .npz archive: it holds a single .npy array; save x and y "
+                            "with numpy.savez", source=path)
+        with z:
             missing = [k for k in (x_key, y_key) if k not in z.files]
             if missing:
                 raise DataError(f"no array named {missing[0]!r}; the file has "
@@ -190,8 +196,28 @@ def read_csv(path, label, header="auto", delimiter=","):
             bad = next(c for c in row if not _is_float(c))
             raise DataError(f"cell {bad!r} is not a number", source=path, where=f"line {line}") from None
     features = [j for j in range(width) if j not in columns]
+    with np.errstate(over="ignore"):  # overflow to inf is reported below, by line
+        x = values[:, features].astype(np.float32)
+    _check_finite(values, x, features, body, path)
     y = values[:, columns]
-    return values[:, features].astype(np.float32), (y[:, 0] if not isinstance(label, list) else y)
+    return x, (y[:, 0] if not isinstance(label, list) else y)
+
+
+def _check_finite(values, x, features, body, path):
+    """Refuse nan and inf cells, and features beyond float32, naming the file's line."""
+    bad_x = ~np.isfinite(x)
+    bad = ~np.isfinite(values).all(axis=1) | bad_x.any(axis=1)
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    line, row = body[i]
+    if not np.isfinite(values[i]).all():
+        j = int(np.flatnonzero(~np.isfinite(values[i]))[0])
+        raise DataError(f"cell {row[j]!r} is not a finite number", source=path,
+                        where=f"line {line}")
+    j = features[int(np.flatnonzero(bad_x[i])[0])]
+    raise DataError(f"cell {row[j]!r} is beyond the float32 range", source=path,
+                    where=f"line {line}")
 
 
 def _is_float(text):
@@ -214,7 +240,8 @@ def _column(label, names, width, path):
 
 
 def read_dataset(spec):
-    """(x, y) for a validated dataset spec; x keeps its stored dtype, flattened to 2-D."""
+    """(x, y, source) for a validated dataset spec; x keeps its stored dtype (see ``_native``),
+    flattened to 2-D."""
     fmt = spec["format"]
     if fmt == "idx":
         x, y = read_idx(spec["images"]), read_idx(spec["labels"])
@@ -227,6 +254,7 @@ def read_dataset(spec):
         source = spec["path"]
     if x.dtype.kind not in "uif" or y.dtype.kind not in "uifb":
         raise DataError(f"arrays have dtypes {x.dtype} and {y.dtype}, expected numbers", source=source)
+    x, y = _native(x), _native(y)
     if x.ndim == 0 or y.ndim == 0:
         raise DataError(f"arrays have shapes {x.shape} and {y.shape}, expected one example per "
                         f"row", source=source)
@@ -241,6 +269,16 @@ def read_dataset(spec):
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise DataError(f"input of example {row} has a NaN or infinite value", source=source)
     return x, y, source
+
+
+def _native(a):
+    """``a`` in a dtype the kernels take: native byte order, float16 widened to float32 and
+    long double narrowed to float64 (numba has neither). Other arrays are returned as they are."""
+    if a.dtype.kind == "f" and a.dtype.itemsize not in (4, 8):
+        return a.astype(np.float32 if a.dtype.itemsize < 4 else np.float64)
+    if not a.dtype.isnative:
+        return a.astype(a.dtype.newbyteorder("="))
+    return a
 
 
 class Dataset:

@@ -27,7 +27,7 @@ def parse(mapping, spec, where, source, extra_ok=()):
                           source=source, where=where or "top level")
     unknown = [k for k in mapping if k not in spec and k not in extra_ok]
     if unknown:
-        valid = ", ".join(sorted(list(spec) + list(extra_ok)))
+        valid = ", ".join(sorted(list(spec) + list(extra_ok))) or "(none)"
         raise ConfigError(f"unknown key {unknown[0]!r} (a typo?); valid keys: {valid}",
                           source=source, where=join(where, unknown[0]))
     out = {}
@@ -76,10 +76,15 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def integer(low=None):
-    def check(v):
+def integer(low=None, high=None):
+    if high is None:
         text = "an integer" if low is None else f"an integer >= {low}"
-        if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low):
+    else:
+        text = f"an integer <= {high}" if low is None else f"an integer from {low} to {high}"
+
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low) \
+                or (high is not None and v > high):
             raise ValueError(text)
         return v
     return check
@@ -96,8 +101,11 @@ def real(low=None, high=None, low_open=False, high_open=False):
     def check(v):
         if isinstance(v, str) and _FLOAT.fullmatch(v.strip()):
             v = float(v)  # YAML 1.1 reads 1e-3 (no dot) as a string; people mean the number
-        if not _is_number(v) or not math.isfinite(v):
-            raise ValueError(text)
+        try:
+            if not _is_number(v) or not math.isfinite(v):
+                raise ValueError(text)
+        except OverflowError:  # an int of hundreds of digits has no float
+            raise ValueError(text) from None
         if low is not None and (v < low or (low_open and v == low)):
             raise ValueError(text)
         if high is not None and (v > high or (high_open and v == high)):

@@ -214,3 +214,125 @@ def test_overrides_do_not_touch_the_file(config_file):
     before = path.read_text()
     load_config(path, ["solver.lr=0.9"])
     assert path.read_text() == before and load_config(path)["solver"]["lr"] == 0.1
+
+
+# ----- hostile input: huge numbers, deep nesting, duplicate keys, escaping names ------------------
+
+HUGE = 10 ** 400  # no float holds it
+
+
+@pytest.mark.parametrize("key", ["solver.lr", "solver.momentum", "solver.gamma", "data.scale",
+                                 "data.mean", "solver.newbob.start_halving",
+                                 "net.layers[0].lr_mult", "net.layers[0].init.std"])
+def test_huge_integer_for_a_real_key_is_a_config_error(config_file, key):
+    expr, where = f"{key}={HUGE}", key
+    if key.endswith("init.std"):  # an initialiser is checked as one value
+        expr, where = f"net.layers[0].init={{type: gaussian, std: {HUGE}}}", "net.layers[0].init"
+    message = error_of(config_file(), [expr])
+    assert message.startswith(f"{config_file()}: {where}: found ") and "\n" not in message
+    assert "expected" in message and "a finite number" in message
+
+
+def test_threads_are_bounded_in_the_config_and_on_the_command_line(config_file):
+    from click.testing import CliRunner
+
+    from bpnet import cli
+    from bpnet.config import MAX_THREADS
+
+    assert load_config(config_file(), [f"threads={MAX_THREADS}"])["threads"] == MAX_THREADS
+    message = error_of(config_file(), ["threads=99999999999999999999"])
+    assert "tiny.yaml: threads: found 99999999999999999999" in message
+    assert f"an integer from 0 to {MAX_THREADS}" in message
+    result = CliRunner().invoke(cli.cli, ["train", str(config_file()), "--threads",
+                                          "99999999999999999999"])
+    assert result.exit_code == 2 and f"1<=x<={MAX_THREADS}" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("expr,where", [("net.layers[0].out=100000000000", "net.layers[0].out"),
+                                        ("net.layers[0].out=10000000000000000000000000000000",
+                                         "net.layers[0].out"),
+                                        ("net.input=100000000000", "net.input")])
+def test_a_network_too_large_to_allocate_names_the_key(config_file, expr, where):
+    from bpnet.build import build_net
+
+    path = config_file()
+    cfg = load_config(path, [expr])
+    with pytest.raises(ConfigError) as info:
+        build_net(cfg, source=path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: net.layers[0].out: layer 'fc1'") and where in message
+    assert "too large" in message
+
+
+def test_deeply_nested_yaml_is_a_config_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("x: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert error_of(path) == f"{path}: YAML nested too deeply to read"
+    message = error_of(write_yaml(tmp_path / "base.yaml", BASE), ["solver.lr=" + "[" * 5000])
+    assert message.startswith("--set: solver.lr: value") and "nested too deeply" in message
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ("name: a\nname: b\n", 2, "'name'"),
+    ("solver:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", 4, "'lr'"),
+    ("net: {input: 4, input: 5}\n", 1, "'input'"),
+])
+def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path, text, line, key):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    message = error_of(path)
+    assert message.startswith(f"{path}: line {line}, column ") and f"duplicate key {key}" in message
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    from bpnet.config import load_yaml
+
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &b {lr: 0.1, epochs: 2}\nsolver:\n  <<: *b\n  lr: 0.5\n")
+    assert load_yaml(path)["solver"] == {"lr": 0.5, "epochs": 2}
+
+
+def test_duplicate_key_in_an_override_value(config_file):
+    message = error_of(config_file(), ["net.layers[1]={type: relu, type: tanh}"])
+    assert message.startswith("--set: net.layers[1]: value") and "duplicate key 'type'" in message
+
+
+@pytest.mark.parametrize("text", ["x: 2020-13-45\n", "x: " + "9" * 5000 + "\n"])
+def test_yaml_values_python_cannot_hold_name_the_line(tmp_path, text):
+    path = tmp_path / "odd.yaml"
+    path.write_text("name: odd\n" + text)
+    message = error_of(path)
+    assert message.startswith(f"{path}: line 2, column 4: YAML error: cannot read the value")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/tmp/abs", "a/b", "a\\b", ".", "..", "", "a b"])
+def test_run_name_must_be_a_plain_name(config_file, name):
+    message = error_of(config_file(lambda c: c.update(name=name)))
+    assert "tiny.yaml: name: found" in message and "plain name" in message
+
+
+def test_plain_run_names_and_odd_file_stems(config_file, tmp_path):
+    assert load_config(config_file(lambda c: c.update(name="mlp-v2.1_b")))["name"] == "mlp-v2.1_b"
+    cfg = dict(BASE)
+    cfg.pop("name")
+    assert load_config(write_yaml(tmp_path / "..yaml", cfg))["name"] == "net"
+
+
+@pytest.mark.parametrize("delimiter", [";;", "\n", '"'])
+def test_csv_delimiter_is_one_character(config_file, delimiter):
+    def change(c):
+        c["data"]["val"] = {"format": "csv", "path": "v.csv", "label": 0, "delimiter": delimiter}
+    message = error_of(config_file(change))
+    assert "tiny.yaml: data.val.delimiter: found" in message and "a single character" in message
+    cfg = load_config(config_file(lambda c: c["data"].update(
+        train={"format": "csv", "path": "t.csv", "label": 0, "delimiter": "\t"})))
+    assert cfg["data"]["train"]["delimiter"] == "\t"
+
+
+@pytest.mark.parametrize("kind", ["relu", "tanh", "sigmoid"])
+def test_unknown_key_of_a_layer_without_options(config_file, kind):
+    message = error_of(config_file(lambda c: c["net"]["layers"][1].update(type=kind, slope=0.1)))
+    assert message.endswith(f"tiny.yaml: net.layers[1].slope: unknown key 'slope': a {kind} "
+                            f"layer takes no options, only type and name")

@@ -176,6 +176,15 @@ def test_npz_broken_and_missing_files(tmp_path):
         read_npz(tmp_path / "none.npz", "x", "y")
 
 
+def test_npy_file_named_npz_is_not_an_archive(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((3, 2)))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")
+    with pytest.raises(DataError) as info:
+        read_npz(tmp_path / "a.npz", "x", "y")
+    assert str(info.value).startswith(f"{tmp_path / 'a.npz'}: not an .npz archive")
+    assert "TypeError" not in str(info.value)
+
+
 # ----- CSV ----------------------------------------------------------------------------------------
 
 def write_csv(tmp_path, text, name="d.csv"):
@@ -238,6 +247,23 @@ def test_csv_non_numeric_cell_names_the_line_and_cell(tmp_path):
         read_csv(path, -1)
 
 
+@pytest.mark.parametrize("cell,text", [("nan", "cell 'nan' is not a finite number"),
+                                       ("-inf", "cell '-inf' is not a finite number"),
+                                       ("1e39", "cell '1e39' is beyond the float32 range")])
+@pytest.mark.parametrize("column", [1, 2])
+def test_csv_non_finite_cell_names_the_line(tmp_path, cell, text, column):
+    """Line numbers count the header and blank lines, as the other CSV errors do."""
+    rows = [["1", "2", "0"], ["3", "4", "1"], ["5", "6", "0"]]
+    rows[2][column] = cell
+    path = write_csv(tmp_path, "a,b,y\n" + "\n".join(",".join(r) for r in rows[:2]) + "\n\n"
+                     + ",".join(rows[2]) + "\n")
+    if column == 2 and cell == "1e39":
+        read_csv(path, "y")  # a label keeps float64; the loss judges it
+        return
+    with pytest.raises(DataError, match=rf"d\.csv: line 5: {text}$"):
+        read_csv(path, "y")
+
+
 def test_csv_unknown_label_column(tmp_path):
     path = write_csv(tmp_path, "a,b,y\n1,2,0\n")
     with pytest.raises(DataError, match="no column named 'label'; columns: a, b, y"):
@@ -277,6 +303,23 @@ def test_read_dataset_refuses_bad_arrays(tmp_path, x, y, text):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     with pytest.raises(DataError, match=text):
         read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x", "y": "y"})
+
+
+@pytest.mark.parametrize("stored,native", [(">f4", np.float32), (">f8", np.float64),
+                                           ("<f2", np.float32), (">f2", np.float32),
+                                           (">i4", np.int32), (">u2", np.uint16),
+                                           (">i8", np.int64), (np.longdouble, np.float64)])
+def test_read_dataset_gives_the_kernels_native_dtypes(tmp_path, rng, stored, native):
+    """numba takes neither float16 nor a non-native byte order; the readers convert."""
+    x = rng.integers(0, 100, (6, 3)).astype(stored)
+    y = (np.arange(6) % 2).astype(">i8")
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    gx, gy, _ = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x", "y": "y"})
+    assert gx.dtype == native and gx.dtype.isnative and gy.dtype.isnative
+    np.testing.assert_array_equal(gx, x.astype(np.float64))
+    np.testing.assert_array_equal(gy, y)
+    data = Dataset(gx, gy.astype(np.int64), 1.0, 0.5)
+    np.testing.assert_allclose(data.inputs(np.float64), (x.astype(np.float64) - 1.0) * 0.5)
 
 
 def test_dataset_batch_scales_per_batch_and_keeps_raw_inputs(rng):
