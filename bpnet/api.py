@@ -28,6 +28,9 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     from .trainer import Trainer, save_config
 
     if resume is not None:
+        if out is not None:  # a resumed run is continued in its own folder, never copied
+            raise ConfigError("give --out for a new run or --resume for an old one, not both",
+                              source="--out")
         run_dir = Path(resume)
         config = config or run_dir / "config.yaml"
         if not (run_dir / "config.yaml").is_file():
@@ -60,6 +63,10 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         found = ckpt.list_checkpoints(run_dir / "checkpoints")
         if found:
             trainer.resume(found[-1])
+            done = trainer.finished()
+            if done:  # config.yaml stays as it was: nothing ran under the new one
+                log(f"not resuming {run_dir} from {found[-1].name}: {done}")
+                return run_dir, trainer.rows
             log(f"resuming {run_dir} from {found[-1].name}: epoch {trainer.epoch}, "
                 f"iteration {trainer.iteration}")
         else:  # stopped before its first checkpoint: nothing was lost but time

@@ -7,17 +7,24 @@ Layout (every entry a plain array, so ``numpy.load(path, allow_pickle=False)`` r
 ``best/...``              for newbob, the last accepted weights and solver state
 ``order``                 the current epoch's shuffled example order (int64)
 ``meta``                  a JSON string: format, version, epoch, iteration, batch position,
-                          learning rate, generator states, newbob state, metrics rows so far
+                          learning rate, generator states, newbob state, metrics rows so far,
+                          the network, loss, solver type and batch size it was trained with
+
+``load`` checks the container. A resume reads nothing unchecked: ``check_meta``, ``check_order``
+and ``check_generator_state`` turn a damaged or hand-made file into a CheckpointError instead
+of a crash in a kernel; ``check_fits`` and ``position_for`` turn a config that no longer fits
+the run into a ConfigError.
 """
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, describe
 
 FORMAT, VERSION = "bpnet-checkpoint", 1
 
@@ -97,6 +104,144 @@ def load(path):
     return arrays, meta
 
 
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _layers(v):
+    return isinstance(v, list) and all(isinstance(layer, dict) and isinstance(layer.get("name"), str)
+                                       and isinstance(layer.get("type"), str) for layer in v)
+
+
+# What a resume reads from meta, and what each must be. Keys written by later versions of
+# format 1 (solver, batch_size) are optional so earlier checkpoints still resume.
+META_CHECKS = {
+    "epoch": (_count, "a non-negative integer"),
+    "iteration": (_count, "a non-negative integer"),
+    "position": (_count, "a non-negative integer"),
+    "rows": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of rows"),
+    "sums": (lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in SUMS), "epoch sums"),
+    "best_val": (lambda v: v is None or _number(v), "a number or null"),
+    "shuffle_rng": (lambda v: isinstance(v, dict), "a generator state"),
+    "dropout_rng": (lambda v: isinstance(v, dict), "a generator state"),
+    "newbob": (lambda v: v is None or isinstance(v, dict), "a newbob state or null"),
+    "net": (_layers, "a list of layers with name and type"),
+    "loss": (lambda v: isinstance(v, str), "a loss name"),
+    "n_in": (_count, "a non-negative integer"),
+}
+OPTIONAL_META_CHECKS = {
+    "solver": (lambda v: isinstance(v, str), "a solver type"),
+    "batch_size": (lambda v: _count(v) and v > 0, "a positive integer"),
+}
+SUMS = ("loss", "correct", "units", "samples", "skipped", "seconds", "lr")
+
+
+def check_meta(meta, path, columns):
+    """Raise a CheckpointError unless meta holds every key a resume reads, with the right type.
+
+    ``columns``: the metrics columns a row may have.
+    """
+    for key, (ok, expected) in {**META_CHECKS, **OPTIONAL_META_CHECKS}.items():
+        if key not in meta:
+            if key in OPTIONAL_META_CHECKS:
+                continue
+            raise CheckpointError(f"corrupt checkpoint: meta has no {key!r}", source=path)
+        if not ok(meta[key]):
+            raise CheckpointError(f"corrupt checkpoint: meta {key!r} is "
+                                  f"{describe(meta[key])}, expected {expected}", source=path)
+    if len(meta["rows"]) != meta["epoch"]:
+        raise CheckpointError(f"corrupt checkpoint: {len(meta['rows'])} metrics rows for "
+                              f"{meta['epoch']} finished epochs", source=path)
+    for i, row in enumerate(meta["rows"]):
+        if not set(row) <= set(columns) or not all(v is None or _number(v) for v in row.values()):
+            raise CheckpointError(f"corrupt checkpoint: metrics row {i + 1} is {describe(row)}",
+                                  source=path)
+
+
+def check_order(order, n, path):
+    """The epoch's example order as int64, or a CheckpointError unless it is a 1-D integer
+    permutation of range(n): the gather kernel indexes with it unchecked."""
+    if order.ndim != 1 or not np.issubdtype(order.dtype, np.integer):
+        raise CheckpointError(f"corrupt checkpoint: 'order' is a {order.ndim}-D {order.dtype} "
+                              f"array, expected 1-D integers", source=path)
+    if len(order) != n:
+        raise CheckpointError(f"the checkpoint's epoch order covers {len(order)} examples, the "
+                              f"training set has {n}", source=path)
+    if n and (order.min() < 0 or order.max() >= n
+              or np.bincount(order.astype(np.int64), minlength=n).max() != 1):
+        raise CheckpointError(f"corrupt checkpoint: 'order' is not a permutation of the {n} "
+                              f"training examples", source=path)
+    return np.ascontiguousarray(order, np.int64)
+
+
+def check_generator_state(generator, meta, key, path):
+    """meta[key], once a spare bit generator of ``generator``'s kind has accepted it."""
+    kind = type(generator.bit_generator)
+    try:
+        kind().state = meta[key]
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise CheckpointError(f"corrupt checkpoint: meta {key!r} is not a {kind.__name__} state",
+                              source=path) from None
+    return meta[key]
+
+
+# Layer options a resume may change: they act only at initialisation or through the solver,
+# not on what the network computes.
+TRAINING_OPTIONS = ("init", "bias_init", "lr_mult", "decay_mult")
+
+
+def check_fits(meta, cfg, n_in, path, source):
+    """A ConfigError (naming the key of ``source``, the config) unless ``cfg`` keeps the
+    network, loss and solver type the checkpoint was trained with, and asks for at least as
+    many epochs as it has begun."""
+    def refuse(key, now, then):
+        raise ConfigError(f"is {now}, but the run was trained with {then} ({Path(path).name}); "
+                          f"a resumed run keeps it", source=source, where=key)
+
+    saved, layers = meta["net"], cfg["net"]["layers"]
+    if len(saved) != len(layers):
+        refuse("net.layers", f"{len(layers)} layers", len(saved))
+    for i, (then, now) in enumerate(zip(saved, layers)):
+        others = sorted((then.keys() | now.keys()) - {"name", "type", *TRAINING_OPTIONS})
+        for key in ("name", "type", *others):  # a changed type also changes its options
+            if then.get(key) != now.get(key):
+                refuse(f"net.layers[{i}].{key}", describe(now.get(key)), describe(then.get(key)))
+    if meta["loss"] != cfg["net"]["loss"]:
+        refuse("net.loss", repr(cfg["net"]["loss"]), repr(meta["loss"]))
+    if meta["n_in"] != n_in:
+        refuse("net.input", f"{n_in} features", meta["n_in"])
+    solver = cfg["solver"]
+    if meta.get("solver", solver["type"]) != solver["type"]:
+        refuse("solver.type", repr(solver["type"]), repr(meta["solver"]))
+    done, partial = meta["epoch"], meta["position"] > 0
+    if solver["epochs"] < done + int(partial):
+        raise ConfigError(f"is {solver['epochs']}, but the run already has {done} "
+                          f"epoch{'s' * (done != 1)}{' and part of the next' * partial}; ask for "
+                          f"more than {done}", source=source, where="solver.epochs")
+
+
+def position_for(meta, n, batch_size, path, source):
+    """The checkpoint's batch position in an epoch of ``n`` examples, counted in batches of
+    ``batch_size`` (the checkpoint's own may differ)."""
+    position, then = meta["position"], meta.get("batch_size", batch_size)
+    if position > math.ceil(n / then):
+        raise CheckpointError(f"corrupt checkpoint: batch position {position} is past the end of "
+                              f"the epoch ({math.ceil(n / then)} batches of {then})", source=path)
+    if then == batch_size or position == 0:
+        return position
+    done = min(position * then, n)
+    if done % batch_size and done != n:
+        raise ConfigError(f"is {batch_size}, but the run stopped in mid-epoch after {done} "
+                          f"examples (batches of {then}), not a whole number of batches of "
+                          f"{batch_size}; resume with {then}", source=source,
+                          where="solver.batch_size")
+    return math.ceil(done / batch_size)
+
+
 def with_prefix(arrays, prefix):
     """The entries under ``prefix/``, with the prefix taken off."""
     n = len(prefix) + 1
@@ -134,9 +279,11 @@ def find(path):
 
 
 def remove_stale_temps(folder):
-    """Delete temp files a killed save left behind (they were never renamed into place)."""
-    for tmp in Path(folder).glob(".ckpt-*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """Delete temp files a killed save left behind (they were never renamed into place):
+    ``.ckpt-*.tmp`` and ``.best.npz.*.tmp``, the prefixes ``save`` gives them."""
+    for pattern in (".ckpt-*.tmp", ".best.npz.*.tmp"):
+        for tmp in Path(folder).glob(pattern):
+            tmp.unlink(missing_ok=True)
 
 
 def prune(folder, keep):

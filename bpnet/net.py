@@ -153,15 +153,22 @@ class Net:
         return {name: p.data.copy() for name, p in self.params.items()}
 
     def load_state_dict(self, arrays, source=None):
-        """Copy arrays into the parameters; every name must be present with the same shape."""
+        """Copy arrays into the parameters; every name must be present with the same shape,
+        real floating and finite. All are checked before any is copied."""
         for name, p in self.params.items():
             if name not in arrays:
                 raise CheckpointError(f"parameter {name!r} is missing (the checkpoint has: "
                                       f"{', '.join(sorted(arrays)) or 'none'})", source=source)
             a = arrays[name]
+            if not np.issubdtype(a.dtype, np.floating):
+                raise CheckpointError(f"parameter {name!r} is a {a.dtype} array in the checkpoint, "
+                                      f"expected real floating point", source=source)
             if a.shape != p.data.shape:
                 raise CheckpointError(f"parameter {name!r} has shape {a.shape} in the checkpoint but "
                                       f"{p.data.shape} in this network", source=source)
+            if not np.isfinite(a).all():  # bpnet never saves these: the file is damaged
+                raise CheckpointError(f"parameter {name!r} holds NaN or infinite values in the "
+                                      f"checkpoint", source=source)
         for name, p in self.params.items():
             p.data[...] = arrays[name]
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import kernels
+from .errors import CheckpointError, describe
 
 
 class Solver:
@@ -63,20 +64,55 @@ class Solver:
         out["steps"] = np.array(self.steps, np.int64)
         return out
 
-    def load_state_arrays(self, arrays):
+    def load_state_arrays(self, arrays, source=None):
+        """Copy a ``state_arrays`` dict in, or raise a CheckpointError naming what does not fit;
+        nothing is copied unless everything fits."""
+        slots = {s for slots in self.state.values() for s in slots}
+        found = {k.rpartition("/")[2] for k in arrays if k != "steps"}
+        if found != slots:  # m and v of Adam are not momentum: never load one as the other
+            held = ", ".join(sorted(found)) or "none"
+            raise CheckpointError(f"the checkpoint holds {_kind(found)} state (slots {held}), the "
+                                  f"config asks for {self.cfg['type']} (solver.type)", source=source)
+        for name, slots in self.state.items():
+            for slot, a in slots.items():
+                key = f"{name}/{slot}"
+                b = arrays.get(key)
+                if b is None:
+                    raise CheckpointError(f"solver state {key!r} is missing", source=source)
+                if not np.issubdtype(b.dtype, np.floating) or b.shape != a.shape:
+                    raise CheckpointError(f"solver state {key!r} is a {b.dtype} array of shape "
+                                          f"{b.shape}, expected {a.dtype} of shape {a.shape}",
+                                          source=source)
+        steps = arrays.get("steps")
+        if steps is None or steps.shape != () or not np.issubdtype(steps.dtype, np.integer) \
+                or steps < 0:
+            raise CheckpointError(f"solver state 'steps' is {describe(steps)}, expected a "
+                                  f"non-negative integer scalar", source=source)
         for name, slots in self.state.items():
             for slot, a in slots.items():
                 a[...] = arrays[f"{name}/{slot}"]
-        self.steps = int(arrays["steps"])
+        self.steps = int(steps)
+
+
+def _kind(slots):
+    return "adam" if slots == {"m", "v"} else "sgd or nesterov" if slots == {"v"} else "unknown"
 
 
 def learning_rate(cfg, epochs_done):
-    """The Caffe policies, measured in epochs: ``epochs_done`` = iteration / iterations per epoch.
+    """The Caffe policies, measured in epochs: ``epochs_done`` = epochs finished plus the
+    fraction of the current one done. A rate too large for a float is ``math.inf``.
 
     fixed: lr; step: lr gamma^floor(t / stepsize); multistep: lr gamma^(stepvalues passed);
     exp: lr gamma^t; inv: lr (1 + gamma t)^-power; poly: lr (1 - t / epochs)^power.
     """
-    lr, t, gamma, policy = cfg["lr"], epochs_done, cfg["gamma"], cfg["lr_policy"]
+    try:
+        return _rate(cfg, epochs_done)
+    except OverflowError:  # e.g. exp with gamma 1e200: the caller reports an infinite rate
+        return math.inf
+
+
+def _rate(cfg, t):
+    lr, gamma, policy = cfg["lr"], cfg["gamma"], cfg["lr_policy"]
     if policy == "step":
         return lr * gamma ** math.floor(t / cfg["stepsize"] + 1e-9)
     if policy == "multistep":
@@ -100,6 +136,7 @@ class Newbob:
     def __init__(self, cfg):
         self.cfg = cfg["newbob"]
         self.lr, self.halving, self.best_loss = cfg["lr"], False, None
+        self.stopped = None  # the epoch after which it said stop; checkpointed so resume honours it
 
     def after_epoch(self, epoch, val_loss):
         """Returns (accepted, stop). ``epoch`` counts from 1; ``best_loss`` starts at the
@@ -111,6 +148,7 @@ class Newbob:
             self.best_loss = val_loss
         improvement = (previous - self.best_loss) / previous if previous else 0.0
         if self.halving and improvement < c["end_halving"] and epoch > c["min_epochs"]:
+            self.stopped = epoch
             return accepted, True
         if improvement < c["start_halving"] and epoch > c["keep_lr_epochs"]:
             self.halving = True
@@ -119,7 +157,22 @@ class Newbob:
         return accepted, False
 
     def state(self):
-        return {"lr": self.lr, "halving": self.halving, "best_loss": self.best_loss}
+        return {"lr": self.lr, "halving": self.halving, "best_loss": self.best_loss,
+                "stopped": self.stopped}
 
-    def load_state(self, state):
+    def load_state(self, state, source=None):
+        """Take a ``state()`` dict, or raise a CheckpointError naming the bad entry."""
+        checks = {"lr": lambda v: _number(v) and v > 0, "halving": lambda v: isinstance(v, bool),
+                  "best_loss": lambda v: v is None or _number(v),
+                  "stopped": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool))}
+        for key, ok in checks.items():
+            # "stopped" came later in format 1: earlier checkpoints lack it
+            if (key not in state and key != "stopped") or not ok(state.get(key)):
+                raise CheckpointError(f"corrupt checkpoint: newbob state {key!r} is "
+                                      f"{describe(state.get(key))}", source=source)
         self.lr, self.halving, self.best_loss = state["lr"], state["halving"], state["best_loss"]
+        self.stopped = state.get("stopped")
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

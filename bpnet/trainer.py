@@ -20,7 +20,7 @@ import yaml
 
 from . import checkpoint as ckpt
 from .build import seeds
-from .errors import BpnetError, DivergenceError
+from .errors import BpnetError, CheckpointError, ConfigError, DivergenceError
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
 
@@ -52,7 +52,6 @@ class Trainer:
         self.solver = Solver(self.s, self.net.params)
         _, _, self.shuffle_rng = seeds(self.cfg["seed"])
         self.batches_per_epoch = math.ceil(len(self.train_set) / self.s["batch_size"])
-        self.updates_per_epoch = math.ceil(self.batches_per_epoch / self.s["iter_size"])
         self.newbob = Newbob(self.s) if self.s["lr_policy"] == "newbob" else None
         if self.newbob and self.val_set is None:
             raise BpnetError("the newbob policy needs validation data: set data.val or "
@@ -83,7 +82,7 @@ class Trainer:
         if self.newbob and self.newbob.best_loss is None:
             self.newbob.best_loss = evaluate(self.net, self.val_set)["loss"]
             self.best = self._snapshot()
-        while self.epoch < self.s["epochs"]:
+        while not self.finished():
             if self.order is None:
                 n = len(self.train_set)
                 self.order = self.shuffle_rng.permutation(n) if self.s["shuffle"] else np.arange(n)
@@ -93,23 +92,23 @@ class Trainer:
 
     def _run_epoch(self):
         """Batches from ``position`` to the end of the epoch; an update every ``iter_size``."""
-        iter_size, last = self.s["iter_size"], self.batches_per_epoch - 1
+        iter_size, last, first = self.s["iter_size"], self.batches_per_epoch - 1, self.position
         self._inputs = {}
         started = said = time.perf_counter()
         pending, bar = 0, self._bar()
-        for b in range(self.position, self.batches_per_epoch):
+        for b in range(first, self.batches_per_epoch):
             pending += self._accumulate(b)
-            if (b + 1 - self.position) % iter_size and b != last:
+            if (b + 1 - first) % iter_size and b != last:
                 continue
             if pending:
-                self.sums["lr"] = self._lr()
+                self.sums["lr"] = self._checked_lr()
                 self.solver.step(self.sums["lr"], batches=pending)
             self.net.zero_grad()
-            pending, self.iteration = 0, self.iteration + 1
+            # position advances with every update: the schedule reads it (see _lr)
+            pending, self.iteration, self.position = 0, self.iteration + 1, b + 1
             said = self._show_progress(b, bar, said)
             if self._signal is not None:
                 self.sums["seconds"] += time.perf_counter() - started
-                self.position = b + 1
                 self._interrupt(bar)
         if bar is not None:
             bar.close()
@@ -151,7 +150,7 @@ class Trainer:
             if dataset is not None:
                 result = evaluate(net, dataset)
                 row[f"{name}_loss"], row[f"{name}_acc"] = result["loss"], result["accuracy"]
-        stop = False
+        stop, accepted = False, True
         if self.newbob:
             accepted, stop = self.newbob.after_epoch(self.epoch + 1, row["val_loss"])
             if accepted:
@@ -163,7 +162,9 @@ class Trainer:
         self.epoch, self.position, self.order = self.epoch + 1, 0, None
         self._reset_sums()
         self._check_finite()
-        improved = row.get("val_loss") is not None and (self.best_val is None or row["val_loss"] < self.best_val)
+        # a rejected epoch's weights were just replaced by the best ones: never best.npz
+        improved = accepted and row.get("val_loss") is not None and (
+            self.best_val is None or row["val_loss"] < self.best_val)
         if improved:
             self.best_val = row["val_loss"]
         last = stop or self.epoch == self.s["epochs"]
@@ -178,9 +179,30 @@ class Trainer:
     # ----- learning rate, progress, signals --------------------------------------------------
 
     def _lr(self):
+        """The rate of the next update. The schedule's clock is epochs finished plus the share
+        of this epoch's batches done, so a resume with another batch_size or iter_size keeps it."""
         if self.newbob:
             return self.newbob.lr
-        return learning_rate(self.s, self.iteration / self.updates_per_epoch)
+        return learning_rate(self.s, self.epoch + self.position / self.batches_per_epoch)
+
+    def _checked_lr(self):
+        lr = self._lr()
+        if not math.isfinite(lr):
+            raise ConfigError(f"the {self.s['lr_policy']} policy's learning rate overflows in "
+                              f"epoch {self.epoch + 1} (gamma {self.s['gamma']:g}); lower "
+                              f"solver.gamma; checkpoints already written are intact",
+                              source=self.session.source, where="solver.lr_policy")
+        return lr
+
+    def finished(self):
+        """Why this run has nothing left to train (newbob said stop, or all epochs done), or None."""
+        if self.newbob and self.newbob.stopped is not None:
+            return (f"newbob stopped it after epoch {self.newbob.stopped} (the validation loss "
+                    f"no longer improved enough)")
+        if self.epoch >= self.s["epochs"]:
+            return (f"it already has its {self.epoch} epochs; to train on, ask for more with "
+                    f"--set solver.epochs=N")
+        return None
 
     def _bar(self):
         if self.progress != "bar":
@@ -243,7 +265,7 @@ class Trainer:
 
     def _restore(self, arrays, source=None):
         self.net.load_state_dict(ckpt.with_prefix(arrays, "param"), source)
-        self.solver.load_state_arrays(ckpt.with_prefix(arrays, "solver"))
+        self.solver.load_state_arrays(ckpt.with_prefix(arrays, "solver"), source)
 
     def _save(self, name):
         arrays = self._snapshot()
@@ -257,7 +279,8 @@ class Trainer:
                 "dropout_rng": self.net.dropout_rng.bit_generator.state,
                 "newbob": self.newbob.state() if self.newbob else None,
                 "net": [dict(layer) for layer in self.cfg["net"]["layers"]],
-                "loss": self.cfg["net"]["loss"], "n_in": self.net.n_in}
+                "loss": self.cfg["net"]["loss"], "n_in": self.net.n_in,
+                "solver": self.s["type"], "batch_size": self.s["batch_size"]}
         path = self.run_dir / "checkpoints" / name
         ckpt.save(path, arrays, meta)
         if name != "best.npz":
@@ -265,21 +288,35 @@ class Trainer:
         return path
 
     def resume(self, path):
-        """Continue from a checkpoint written by this trainer's network."""
+        """Continue from a checkpoint of this run. Everything read is checked before it is used:
+        a damaged file is a CheckpointError, a config that no longer fits it a ConfigError."""
+        path = Path(path)
         arrays, meta = ckpt.load(path)
-        self._restore(arrays, path)
-        self.epoch, self.iteration, self.position = meta["epoch"], meta["iteration"], meta["position"]
-        self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
-        self.shuffle_rng.bit_generator.state = meta["shuffle_rng"]
-        self.net.dropout_rng.bit_generator.state = meta["dropout_rng"]
-        self.order = arrays.get("order")
-        if self.order is not None and len(self.order) != len(self.train_set):
-            raise ckpt.CheckpointError(f"the checkpoint's epoch order covers {len(self.order)} "
-                                       f"examples, the training set has {len(self.train_set)}",
-                                       source=path)
+        ckpt.check_meta(meta, path, COLUMNS)
+        ckpt.check_fits(meta, self.cfg, self.net.n_in, path, self.session.source)
+        position = ckpt.position_for(meta, len(self.train_set), self.s["batch_size"], path,
+                                     self.session.source)
+        order = arrays.get("order")
+        if order is not None:
+            order = ckpt.check_order(order, len(self.train_set), path)
+        elif position:
+            raise CheckpointError(f"corrupt checkpoint: stopped at batch {position} of an epoch "
+                                  f"but has no 'order'", source=path)
+        shuffle_state = ckpt.check_generator_state(self.shuffle_rng, meta, "shuffle_rng", path)
+        dropout_state = ckpt.check_generator_state(self.net.dropout_rng, meta, "dropout_rng", path)
         if self.newbob and meta["newbob"]:
-            self.newbob.load_state(meta["newbob"])
+            self.newbob.load_state(meta["newbob"], path)
             self.best = ckpt.with_prefix(arrays, "best")
+            try:  # loading the best weights checks them; the current ones then overwrite them
+                self._restore(self.best)
+            except CheckpointError as e:
+                raise CheckpointError(f"newbob's best weights: {e.detail}", source=path) from None
+        self._restore(arrays, path)
+        self.epoch, self.iteration, self.position = meta["epoch"], meta["iteration"], position
+        self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
+        self.shuffle_rng.bit_generator.state = shuffle_state
+        self.net.dropout_rng.bit_generator.state = dropout_state
+        self.order = order
         self._write_metrics()
 
     def _write_metrics(self):

@@ -1,0 +1,398 @@
+"""Resume checks: every entry of a checkpoint is validated before use, a config that no longer
+fits the run is refused in one line, and the schedule (learning rate, newbob, best.npz) carries
+over a resume as if the run had never stopped."""
+
+import itertools
+import math
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+import bpnet.trainer as train_module
+from bpnet import api
+from bpnet import checkpoint as ckpt
+from bpnet.config import load_config
+from bpnet.errors import CheckpointError, ConfigError
+from bpnet.session import open_session
+from bpnet.solver import learning_rate
+
+import tiny_runs
+from tiny_runs import assert_clean_error, bpnet
+
+N_TRAIN, BATCHES = 200, 13  # 240 examples less 40 for validation; batches of 16
+
+
+def write_tiny(folder, n=240, **changes):
+    """The shared tiny problem, trained for 2 epochs unless ``changes`` say otherwise."""
+    return tiny_runs.write_tiny(folder, n, **{"solver.epochs": 2, **changes})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch run of the tiny problem."""
+    folder = tmp_path_factory.mktemp("finished")
+    api.train(write_tiny(folder), out=folder / "run", quiet=True)
+    return folder / "run"
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    """A copy of the finished run this test may change."""
+    return shutil.copytree(finished, tmp_path / "run")
+
+
+def newest(run):
+    return ckpt.list_checkpoints(run / "checkpoints")[-1]
+
+
+def tamper(run, change):
+    """Rewrite the newest checkpoint with ``change(arrays, meta)`` applied; returns its path."""
+    path = newest(run)
+    arrays, meta = ckpt.load(path)
+    change(arrays, meta)
+    ckpt.save(path, arrays, meta)
+    return path
+
+
+def mid_epoch(arrays, meta, order=None, position=3):
+    """Make a finished-epoch checkpoint look stopped ``position`` batches into epoch 3."""
+    arrays["order"] = np.random.default_rng(1).permutation(N_TRAIN) if order is None else order
+    meta["position"] = position
+
+
+def resume(run, *overrides, log=None):
+    return api.train(resume=run, overrides=["solver.epochs=3", *overrides], quiet=True, log=log)
+
+
+# ----- 1. everything read from a checkpoint is checked ---------------------------------------
+
+def test_a_valid_mid_epoch_checkpoint_resumes(run):
+    tamper(run, mid_epoch)
+    _, rows = resume(run)
+    assert len(rows) == 3
+
+
+BAD_ORDERS = {
+    "huge": np.full(N_TRAIN, 10**9, np.int64),
+    "past the end": np.arange(1, N_TRAIN + 1),
+    "negative": np.arange(N_TRAIN) - 1,
+    "repeated": np.zeros(N_TRAIN, np.int64),
+    "float": np.arange(N_TRAIN, dtype=np.float64),
+    "2-D": np.arange(N_TRAIN).reshape(2, -1),
+    "text": np.array([str(i) for i in range(N_TRAIN)]),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_ORDERS)
+def test_bad_order_is_a_checkpoint_error(run, kind):
+    path = tamper(run, lambda a, m: mid_epoch(a, m, order=BAD_ORDERS[kind]))
+    with pytest.raises(CheckpointError, match="'order'") as info:
+        resume(run)
+    assert info.value.source == str(path)
+
+
+def test_order_far_out_of_range_is_one_line_not_a_crash(run):
+    path = tamper(run, lambda a, m: mid_epoch(a, m, order=BAD_ORDERS["huge"]))
+    proc = bpnet("train", "--resume", run, "--set", "solver.epochs=3", "--quiet")
+    assert_clean_error(proc, path.name, "corrupt checkpoint",
+                       f"'order' is not a permutation of the {N_TRAIN} training examples")
+
+
+def _set(key, value):
+    return lambda arrays, meta: meta.__setitem__(key, value)
+
+
+def _array(key, value):
+    return lambda arrays, meta: arrays.__setitem__(key, value)
+
+
+BAD_ENTRIES = [
+    (_set("position", BATCHES + 1), "position"),
+    (_set("position", -1), "'position'"),
+    (lambda a, m: mid_epoch(a, m, position=BATCHES + 5), "position"),
+    (_set("epoch", "2"), "'epoch'"),
+    (_set("epoch", -2), "'epoch'"),
+    (_set("iteration", 2.5), "'iteration'"),
+    (lambda a, m: m.pop("sums"), "'sums'"),
+    (lambda a, m: m["sums"].pop("lr"), "'sums'"),
+    (_set("rows", "none"), "'rows'"),
+    (lambda a, m: m["rows"].pop(), "metrics rows"),
+    (lambda a, m: m["rows"][0].update(colour=1), "metrics row 1"),
+    (_set("best_val", "low"), "'best_val'"),
+    (_set("shuffle_rng", {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}),
+     "'shuffle_rng'"),
+    (_set("dropout_rng", {"bit_generator": "MT19937"}), "'dropout_rng'"),
+    (_set("net", [1, 2]), "'net'"),
+    (_array("param/fc1.W", np.full((16, 10), "x")), "'fc1.W'"),
+    (_array("param/fc1.W", np.zeros((16, 10), np.int64)), "'fc1.W'"),
+    (_array("param/fc1.b", np.full(16, np.nan, np.float32)), "'fc1.b'"),
+    (lambda a, m: a.pop("param/fc2.b"), "'fc2.b'"),
+    (_array("solver/fc1.W/v", np.zeros((10, 16), np.float32)), "'fc1.W/v'"),
+    (_array("solver/fc1.W/v", np.full((16, 10), "x")), "'fc1.W/v'"),
+    (lambda a, m: a.pop("solver/fc1.b/v"), "'fc1.b/v'"),
+    (_array("solver/steps", np.array([[26]])), "'steps'"),
+    (_array("solver/steps", np.array(26.5)), "'steps'"),
+    (_array("solver/steps", np.array(-1)), "'steps'"),
+    (lambda a, m: a.pop("solver/steps"), "'steps'"),
+]
+
+
+@pytest.mark.parametrize("change,words", BAD_ENTRIES, ids=[w for _, w in BAD_ENTRIES])
+def test_bad_entry_is_a_checkpoint_error_naming_it(run, change, words):
+    path = tamper(run, change)
+    with pytest.raises(CheckpointError, match=words) as info:
+        resume(run)
+    assert info.value.source == str(path)
+
+
+def test_bad_newbob_best_weights_are_a_checkpoint_error(tmp_path):
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                       overrides=["solver.lr_policy=newbob"])
+    tamper(run, _array("best/param/fc1.W", np.full((16, 10), "x")))
+    with pytest.raises(CheckpointError, match="newbob's best weights: parameter 'fc1.W'"):
+        resume(run)
+
+
+def test_a_refused_checkpoint_changes_nothing_saved(run):
+    tamper(run, _set("position", -1))
+    saved = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError):
+        resume(run)
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == saved
+
+
+def test_load_state_dict_refuses_text_parameters(run):
+    cfg = load_config(run / "config.yaml")
+    net = open_session(cfg, source=run / "config.yaml").net
+    arrays = {name: p.data.copy() for name, p in net.params.items()}
+    before = net.params["fc1.W"].data.copy()
+    arrays["fc2.W"] = np.full(arrays["fc2.W"].shape, "1.5")
+    arrays["fc1.W"] = arrays["fc1.W"] + 1
+    with pytest.raises(CheckpointError, match="'fc2.W'.*expected real floating point"):
+        net.load_state_dict(arrays, "x.npz")
+    assert np.array_equal(net.params["fc1.W"].data, before)  # nothing copied
+
+
+# ----- 2. solver type -------------------------------------------------------------------------
+
+def test_changed_solver_type_is_refused_naming_solver_type(run):
+    with pytest.raises(ConfigError, match="'adam'.*'sgd'") as info:
+        resume(run, "solver.type=adam")
+    assert info.value.where == "solver.type"
+
+
+@pytest.mark.parametrize("new", ["adam", "sgd"])
+def test_solver_state_of_another_type_is_refused_without_the_meta_entry(run, tmp_path, new):
+    """Checkpoints written before meta named the solver: the state's slots tell."""
+    if new == "sgd":  # an adam run resumed as sgd must not read adam's m or v as momentum
+        folder = tmp_path / "adam"
+        folder.mkdir()
+        api.train(write_tiny(folder), out=folder / "run", overrides=["solver.type=adam"], quiet=True)
+        run = folder / "run"
+    tamper(run, lambda a, m: m.pop("solver"))
+    with pytest.raises(CheckpointError, match=f"config asks for {new} \\(solver.type\\)"):
+        resume(run, f"solver.type={new}")
+
+
+def test_changed_solver_type_on_the_command_line_is_one_line(run):
+    assert_clean_error(bpnet("train", "--resume", run, "--set", "solver.type=adam"),
+                       "solver.type", "'adam'", "'sgd'")
+
+
+# ----- 3. the schedule counts epochs, whatever the batch size ---------------------------------
+
+STEP = ["solver.lr=0.01", "solver.lr_policy=step", "solver.stepsize=1", "solver.gamma=0.5"]
+
+
+@pytest.mark.parametrize("change", ["solver.batch_size=8", "solver.iter_size=3",
+                                    "solver.batch_size=40"])
+def test_step_schedule_survives_a_batch_size_change_at_resume(tmp_path, monkeypatch, change):
+    config = write_tiny(tmp_path)
+    run, _ = api.train(config, out=tmp_path / "run", overrides=STEP, quiet=True)
+    rates = []  # every update's rate, not only each epoch's last, which metrics.csv shows
+
+    class Recording(train_module.Solver):
+        def step(self, lr, batches=1):
+            rates.append(lr)
+            super().step(lr, batches)
+
+    monkeypatch.setattr(train_module, "Solver", Recording)
+    _, rows = api.train(resume=run, overrides=["solver.epochs=4", change], quiet=True)
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    half = len(rates) // 2
+    assert set(rates[:half]) == {0.0025} and set(rates[half:]) == {0.00125}
+
+
+def _trainer(run, *overrides):
+    cfg = load_config(run / "config.yaml", overrides)
+    return train_module.Trainer(open_session(cfg, source=run / "config.yaml"), run, log=None)
+
+
+@pytest.mark.parametrize("batch_size,position", [(8, 6), (16, 3), (48, 1), (4, 12)])
+def test_mid_epoch_position_is_converted_to_the_new_batch_size(run, batch_size, position):
+    tamper(run, mid_epoch)  # 3 batches of 16: 48 examples done
+    trainer = _trainer(run, "solver.epochs=3", f"solver.batch_size={batch_size}")
+    trainer.resume(newest(run))
+    assert trainer.position == position
+
+
+def test_mid_epoch_position_that_new_batches_do_not_divide_is_refused(run):
+    tamper(run, mid_epoch)
+    with pytest.raises(ConfigError, match="after 48 examples") as info:
+        resume(run, "solver.batch_size=10")
+    assert info.value.where == "solver.batch_size"
+
+
+# ----- 4. newbob's stop is kept ---------------------------------------------------------------
+
+def scripted_val(monkeypatch, losses):
+    """Validation losses come from ``losses`` (then 0.3 forever); the rest is real."""
+    script, real = itertools.chain(losses, itertools.repeat(0.3)), train_module.evaluate
+
+    def evaluate(net, dataset, *args, **kwargs):
+        result = real(net, dataset, *args, **kwargs)
+        if len(dataset) == 40:
+            result["loss"] = next(script)
+        return result
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+
+
+NEWBOB = ["solver.lr_policy=newbob", "solver.newbob.start_halving=0.01",
+          "solver.newbob.end_halving=0.001"]
+
+
+def test_newbob_stop_is_saved_and_honoured_on_resume(tmp_path, monkeypatch):
+    scripted_val(monkeypatch, [1.0, 0.5, 0.499, 0.4989])  # halve after 2, stop after 3
+    run, rows = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                          overrides=[*NEWBOB, "solver.epochs=5"])
+    assert len(rows) == 3
+    assert ckpt.load(newest(run))[1]["newbob"]["stopped"] == 3
+    saved = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    lines = []
+    _, rows = api.train(resume=run, log=lines.append)
+    assert len(rows) == 3
+    assert any("newbob stopped it after epoch 3" in line for line in lines), lines
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == saved
+
+
+# ----- 5. fewer epochs than done, --out with --resume -----------------------------------------
+
+def test_fewer_epochs_than_done_is_refused_and_config_kept(run):
+    before = (run / "config.yaml").read_bytes()
+    proc = bpnet("train", "--resume", run, "--set", "solver.epochs=1")
+    assert_clean_error(proc, "solver.epochs", "already has 2 epochs", "more than 2")
+    assert (run / "config.yaml").read_bytes() == before
+
+
+def test_as_many_epochs_as_done_mid_epoch_is_refused(run):
+    tamper(run, mid_epoch)
+    with pytest.raises(ConfigError, match="already has 2 epochs and part of the next"):
+        api.train(resume=run, quiet=True)
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_config(run):
+    saved = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    lines = []
+    _, rows = api.train(resume=run, overrides=["solver.lr=0.5"], log=lines.append)
+    assert len(rows) == 2 and any("already has its 2 epochs" in line for line in lines)
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == saved
+
+
+def test_out_with_resume_is_refused(run, tmp_path):
+    proc = bpnet("train", run / "config.yaml", "--resume", run, "--out", tmp_path / "other")
+    assert_clean_error(proc, "--out", "--resume")
+    assert not (tmp_path / "other").exists()
+
+
+# ----- 6. the network must be the checkpoint's ------------------------------------------------
+
+@pytest.mark.parametrize("override,where,words", [
+    ("net.layers[1].type=relu", "net.layers[1].type", ["'relu'", "'tanh'"]),
+    ("net.layers[0].out=8", "net.layers[0].out", ["8", "16"]),
+    ("net.layers[3].name=out", "net.layers[3].name", ["'out'", "'fc2'"]),
+    ("net.layers[2].rate=0.5", "net.layers[2].rate", ["0.5", "0.2"]),
+])
+def test_changed_architecture_is_refused_naming_the_key(run, override, where, words):
+    with pytest.raises(ConfigError) as info:
+        resume(run, override)
+    assert info.value.where == where
+    assert all(w in info.value.detail for w in words), info.value.detail
+
+
+def test_changed_loss_is_refused(run):
+    # no other loss fits this data, so the checkpoint says it was trained with another
+    tamper(run, _set("loss", "mse"))
+    with pytest.raises(ConfigError, match="'softmax_cross_entropy'.*'mse'") as info:
+        resume(run)
+    assert info.value.where == "net.loss"
+
+
+def test_added_layer_is_refused(run, tmp_path):
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["net"]["layers"].append({"name": "act2", "type": "relu"})
+    config = tmp_path / "longer.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="is 5 layers, but the run was trained with 4") as info:
+        api.train(config, resume=run, overrides=["solver.epochs=3"], quiet=True)
+    assert info.value.where == "net.layers"
+
+
+def test_training_options_of_a_layer_may_change(run):
+    _, rows = resume(run, "net.layers[0].lr_mult=0.5")
+    assert len(rows) == 3
+
+
+def test_changed_architecture_on_the_command_line_is_one_line(run):
+    assert_clean_error(bpnet("train", "--resume", run, "--set", "net.layers[1].type=relu",
+                             "--set", "solver.epochs=3"),
+                       "net.layers[1].type", "'relu'", "'tanh'", "ckpt-00000026.npz")
+
+
+# ----- 7. best.npz holds the weights whose loss it records -------------------------------------
+
+def test_newbob_rejected_first_epoch_is_not_saved_as_best(tmp_path, monkeypatch):
+    scripted_val(monkeypatch, [1.0, 1.5, 0.8])  # epoch 1 rejected, epoch 2 accepted
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                       overrides=[*NEWBOB, "solver.epochs=1"])
+    best = run / "checkpoints" / "best.npz"
+    assert not best.exists()  # the net holds the initial weights, not epoch 1's
+    api.train(resume=run, overrides=["solver.epochs=2"], quiet=True)
+    arrays, meta = ckpt.load(best)
+    assert meta["best_val"] == 0.8
+    assert all(np.array_equal(arrays[k], v) for k, v in ckpt.load(newest(run))[0].items()
+               if k.startswith("param/"))
+
+
+# ----- 8. stale temp files ----------------------------------------------------------------------
+
+def test_stale_temps_of_numbered_and_best_checkpoints_are_removed(tmp_path):
+    stale = [tmp_path / ".ckpt-00000013.npz.ab12cd.tmp", tmp_path / ".best.npz.xy98zq.tmp"]
+    kept = [tmp_path / "best.npz", tmp_path / "ckpt-00000013.npz", tmp_path / "notes.tmp"]
+    for p in stale + kept:
+        p.write_bytes(b"x")
+    ckpt.remove_stale_temps(tmp_path)
+    assert [p.exists() for p in stale] == [False, False]
+    assert all(p.exists() for p in kept)
+
+
+# ----- 9. an overflowing learning rate ----------------------------------------------------------
+
+@pytest.mark.parametrize("policy,t", [("exp", 2.0), ("step", 3.0), ("multistep", 2.0)])
+def test_learning_rate_overflow_is_infinite(policy, t):
+    cfg = {"lr": 0.1, "gamma": 1e200, "lr_policy": policy, "stepsize": 1.0,
+           "stepvalues": [0.5, 1.0, 1.5], "power": 1.0, "epochs": 4}
+    assert learning_rate(cfg, t) == math.inf
+
+
+def test_overflowing_schedule_stops_with_a_clear_error_keeping_checkpoints(tmp_path):
+    # rates 1e-300, 1e-100, then 1e-300 * 1e400: harmless until the third epoch overflows
+    overrides = ["solver.lr=1e-300", "solver.lr_policy=step", "solver.gamma=1e200",
+                 "solver.epochs=3"]
+    proc = bpnet("train", write_tiny(tmp_path), "--out", tmp_path / "run", "--quiet",
+                 *itertools.chain.from_iterable(("--set", o) for o in overrides))
+    assert_clean_error(proc, "solver.lr_policy", "overflows in epoch 3", "gamma 1e+200")
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")]
+    assert names == ["ckpt-00000013.npz", "ckpt-00000026.npz"]
