@@ -1,5 +1,6 @@
 """The functions behind the CLI commands, usable from Python with the same arguments."""
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -7,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from .config import load_config, resolve
+from .config import load_config
 from .errors import BpnetError, ConfigError, DataError
+from .files import remove_stale_temps, replacing
 
 
 def set_threads(n):
@@ -59,7 +61,8 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         progress = None if quiet else "bar" if sys.stderr.isatty() else "lines"
     trainer = Trainer(session, run_dir, log=log, progress=progress)
     if resume is not None:
-        ckpt.remove_stale_temps(run_dir / "checkpoints")
+        for folder in (run_dir, run_dir / "checkpoints"):  # left by a kill mid-write
+            remove_stale_temps(folder)
         found = ckpt.list_checkpoints(run_dir / "checkpoints")
         if found:
             trainer.resume(found[-1])
@@ -76,65 +79,171 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     return run_dir, rows
 
 
+SPLITS = ("train", "val", "test")
+
+
 def load_run(path, overrides=()):
     """(resolved config, its path, checkpoint path) for a run folder or a checkpoint in one."""
     path = Path(path)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        hint = (f"give the run folder {path.parent}" if (path.parent / "checkpoints").is_dir()
+                else "train it first (bpnet train CONFIG) and give the run folder")
+        raise BpnetError(f"is a config file, not a checkpoint or run folder; {hint}",
+                         source=path)
     found = ckpt.find(path)
     run_dir = path if path.is_dir() else found.parent.parent
     config = run_dir / "config.yaml"
     if not config.is_file():
+        if path.is_file() and path.suffix != ".npz":
+            raise BpnetError("not a checkpoint (.npz) or run folder", source=path)
         raise BpnetError("no config.yaml beside the checkpoint (expected RUN_DIR/config.yaml)",
                          source=found)
     return load_config(config, overrides), config, found
 
 
 def load_trained(path, splits):
-    """A session whose network holds the weights of a run folder or checkpoint."""
+    """A session whose network holds the weights of a run folder or checkpoint.
+
+    Only ``splits`` are read; the network's input width comes from the checkpoint, so with
+    no splits no data file is read at all.
+    """
     from .session import open_session
 
     cfg, config, found = load_run(path)
-    session = open_session(cfg, source=config, splits=splits)
-    arrays, _ = ckpt.load(found)
+    arrays, meta = ckpt.load(found)
+    n_in = meta.get("n_in")
+    if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
+        n_in = None  # not recorded: the training data tells
+    session = open_session(cfg, source=config, splits=splits, n_in=n_in)
     session.net.load_state_dict(ckpt.with_prefix(arrays, "param"), found)
     return session, found
 
 
-def _dataset_for(session, data, cfg_base):
-    """The dataset ``--data`` names: a split, or a data/config file to read."""
+def _dataset_for(session, data, labels=True):
+    """The dataset ``--data`` names: a split, or a data or config file to read.
+
+    A .npz or .csv file is read with the training data's options (array names; label columns,
+    header and delimiter) when it has the same format. Without ``labels`` (predict) the file
+    may hold features only, and the Dataset has no targets.
+    """
     from .data import Dataset, read_dataset
-    if data in ("train", "val", "test"):
+    if data in SPLITS:
         return session.splits.get(data)
     path = Path(data)
+    train = (session.cfg["data"] or {}).get("train") or {}
     if path.suffix in (".yaml", ".yml"):
         other = load_config(path)
         spec = (other["data"] or {}).get("test") or (other["data"] or {}).get("train")
         if spec is None:
             raise ConfigError("has no data.test or data.train to evaluate on", source=path)
+    elif path.suffix == ".npz":
+        spec = _npz_spec(path, train, labels)
+    elif path.suffix == ".csv":
+        spec = _csv_spec(path, train, session.net, labels)
     else:
-        from .config import dataset_spec
-        fmt = {".npz": "npz", ".csv": "csv"}.get(path.suffix)
-        if fmt is None:
-            raise DataError("expected a .npz, .csv or config .yaml file", source=path)
-        label = session.cfg["data"]["train"].get("label", -1)
-        spec = dataset_spec({"format": fmt, "path": str(path),
-                             **({"label": label} if fmt == "csv" else {})}, "--data", path, ".")
+        raise DataError("expected a .npz, .csv or config .yaml file", source=path)
     x, y, source = read_dataset(spec)
-    if x.shape[1] != session.net.n_in:
-        raise DataError(f"examples have {x.shape[1]} features, the network takes {session.net.n_in}",
+    n_in = session.net.n_in
+    if x.shape[1] != n_in:
+        raise DataError(f"examples have {x.shape[1]} features, the network takes {n_in}",
                         source=source)
-    d = session.cfg["data"]
-    return Dataset(x, session.net.loss.targets_from(y, source), d["mean"], d["scale"], source)
+    y = session.net.loss.targets_from(y, source) if labels else None
+    d = session.cfg["data"] or {"mean": 0.0, "scale": 1.0}
+    return Dataset(x, y, d["mean"], d["scale"], source)
+
+
+def _npz_spec(path, train, labels):
+    from .config import dataset_spec
+
+    keys = {k: train[k] for k in ("x", "y")} if train.get("format") == "npz" else {}
+    spec = dataset_spec({"format": "npz", "path": str(path), **keys}, "--data", path, ".")
+    if not labels and not _npz_has(path, spec["y"]):
+        # data.read_npz reads two arrays; naming the inputs twice reads no labels
+        spec["y"] = spec["x"]
+    return spec
+
+
+def _npz_has(path, key):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return key in z.files
+    except Exception:  # noqa: BLE001  (read_npz then says what is wrong with the file)
+        return True
+
+
+def _csv_spec(path, train, net, labels):
+    """How to read a CSV ``--data`` file: which columns are labels, and whether there are any.
+
+    A model trained on CSV finds its label columns where the training data had them. For any
+    other model, eval reads the columns after the network's n_in features as labels, and
+    predict takes no column as a label: it cannot check a guess, so the width must be n_in.
+    """
+    from .config import dataset_spec
+
+    same = train.get("format") == "csv"
+    header = train["header"] if same else "auto"
+    delimiter = train["delimiter"] if same else ","
+    width, names = _csv_columns(path, header, delimiter)
+    n_in = net.n_in
+    if same:
+        label = train["label"]
+        wanted = label if isinstance(label, list) else [label]
+        present = all(c in names if isinstance(c, str) else width == n_in + len(wanted)
+                      for c in wanted)
+        if not labels and not present:
+            if width != n_in and width is not None:
+                raise DataError(f"rows have {width} cells, expected the network's {n_in} "
+                                f"features, or those and the label column(s) "
+                                f"{', '.join(map(repr, wanted))} as in the training data",
+                                source=path)
+            label = None
+    else:
+        k = 1 if net.loss.target_kind == "class" else net.n_out
+        if labels:
+            if width is not None and width != n_in + k:
+                raise DataError(f"rows have {width} cells, expected {n_in + k}: the network's "
+                                f"{n_in} features, then {k} label column(s)", source=path)
+            label = -1 if k == 1 else list(range(n_in, n_in + k))
+        else:
+            if width is not None and width != n_in:
+                raise DataError(f"rows have {width} cells, the network takes {n_in} features; "
+                                f"the model was not trained on CSV, so no column is taken as a "
+                                f"label: give features only, or a config naming the data",
+                                source=path)
+            label = None
+    spec = dataset_spec({"format": "csv", "path": str(path), "label": label or 0, "header": header,
+                         "delimiter": delimiter}, "--data", path, ".")
+    if label is None:
+        spec["label"] = []  # read_csv then takes every column as a feature (a config never may)
+    return spec
+
+
+def _csv_columns(path, header, delimiter):
+    """(cells per row, header names or []) from a CSV's first row; (None, []) when it cannot be
+    read, which read_csv then reports in full."""
+    from .data import _is_float  # the test read_csv uses to detect a header
+
+    try:
+        with open(path, newline="") as f:
+            for cells in csv.reader(f, delimiter=delimiter):
+                if any(c.strip() for c in cells):
+                    if header == "auto":
+                        header = not all(_is_float(c) for c in cells)
+                    return len(cells), [c.strip() for c in cells] if header else []
+    except (OSError, UnicodeDecodeError, csv.Error, TypeError):
+        pass
+    return None, []
 
 
 def evaluate_run(path, data="test"):
     """Loss, accuracy, per-class accuracy and confusion matrix of a trained run on ``data``."""
     from .session import evaluate
 
-    session, found = load_trained(path, splits=(data,) if data in ("train", "val", "test") else ())
-    dataset = _dataset_for(session, data, found)
+    session, found = load_trained(path, splits=(data,) if data in SPLITS else ())
+    dataset = _dataset_for(session, data)
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)
-    result = {"checkpoint": str(found), "data": data, **evaluate(session.net, dataset)}
+    result = {"checkpoint": str(found), "data": str(data), **evaluate(session.net, dataset)}
     if session.net.loss.target_kind == "class":
         predicted = session.net.outputs(dataset.inputs(session.net.dtype)).argmax(axis=1)
         k = session.net.n_out
@@ -148,9 +257,17 @@ def evaluate_run(path, data="test"):
 
 
 def predict_file(path, data, out):
-    """Write predictions for ``data`` to ``out`` (.npy or .csv); returns the array written."""
-    session, found = load_trained(path, splits=())
-    dataset = _dataset_for(session, data, found)
+    """Write predictions for ``data`` to ``out`` (.npy or .csv); returns the array written.
+
+    ``data`` needs no labels. The file is replaced whole or not at all.
+    """
+    out = Path(out)
+    if out.suffix not in (".npy", ".csv"):  # before the work, not after it
+        raise BpnetError("expected a .npy or .csv output file", source=out)
+    session, found = load_trained(path, splits=(data,) if data in SPLITS else ())
+    dataset = _dataset_for(session, data, labels=False)
+    if dataset is None:
+        raise BpnetError(f"the run's config has no {data} data", source=found)
     probs = session.net.predict(dataset.inputs(session.net.dtype))
     kind, k = session.net.loss.target_kind, probs.shape[1]
     if kind == "class":
@@ -162,16 +279,11 @@ def predict_file(path, data, out):
     else:
         table = probs
         header = ",".join(f"y{i}" for i in range(probs.shape[1]))
-    out = Path(out)
-    try:
+    with replacing(out) as f:
         if out.suffix == ".npy":
-            np.save(out, table)
-        elif out.suffix == ".csv":
-            np.savetxt(out, table, delimiter=",", header=header, comments="", fmt="%.6g")
+            np.save(f, table)
         else:
-            raise BpnetError("expected a .npy or .csv output file", source=out)
-    except OSError as e:
-        raise BpnetError(f"cannot write: {e.strerror or e}", source=out) from None
+            np.savetxt(f, table, delimiter=",", header=header, comments="", fmt="%.6g")
     return table
 
 
@@ -216,7 +328,11 @@ def report_text(report):
     for t in report.tensors:
         lines.append(f"{t.name:<14}{t.size:>10}{t.checked:>9}{t.skipped:>9}"
                      f"{t.max_abs_error:>13.2e}{t.max_rel_error:>13.2e}  "
-                     f"{'pass' if t.passed else 'FAIL'}")
+                     f"{'NOT CHECKED' if t.unchecked else 'pass' if t.passed else 'FAIL'}")
+    unchecked = [t.name for t in report.tensors if t.unchecked]
+    if unchecked:
+        lines.append(f"not checked: {', '.join(unchecked)}: every element tried straddles a kink "
+                     f"(ReLU at 0) at eps {report.eps:g}; try a smaller --eps")
     n = sum(t.checked for t in report.tensors)
     per = report.numeric_seconds / max(n, 1)
     lines.append(f"eps {report.eps:g}, tol {report.tol:g}: "

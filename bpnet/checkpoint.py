@@ -18,65 +18,22 @@ the run into a ConfigError.
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CheckpointError, ConfigError, describe
+from .files import replacing
 
 FORMAT, VERSION = "bpnet-checkpoint", 1
 
 
 def save(path, arrays, meta):
-    """Write arrays and meta to ``path`` atomically: temp file, flush, fsync, rename.
-
-    A crash at any instant leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
+    """Write arrays and meta to ``path`` whole or not at all (see ``files.replacing``)."""
     payload = dict(arrays)
     payload["meta"] = np.array(json.dumps({"format": FORMAT, "version": VERSION, **meta}))
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; checkpoints are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
-    except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint: {e.strerror or e}; earlier checkpoints "
-                              f"are untouched", source=path) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with replacing(path, CheckpointError) as f:
+        np.savez(f, **payload)
 
 
 def load(path):
@@ -276,14 +233,6 @@ def find(path):
     if not found:
         raise CheckpointError("the run folder has no checkpoints yet", source=path)
     return found[-1]
-
-
-def remove_stale_temps(folder):
-    """Delete temp files a killed save left behind (they were never renamed into place):
-    ``.ckpt-*.tmp`` and ``.best.npz.*.tmp``, the prefixes ``save`` gives them."""
-    for pattern in (".ckpt-*.tmp", ".best.npz.*.tmp"):
-        for tmp in Path(folder).glob(pattern):
-            tmp.unlink(missing_ok=True)
 
 
 def prune(folder, keep):

@@ -5,6 +5,7 @@ numba load only when a command runs.
 """
 
 import gc
+import math
 import os
 import sys
 
@@ -64,7 +65,8 @@ def train(config, out, overrides, resume, quiet, threads):
 @cli.command(name="eval")
 @click.argument("run", type=click.Path(exists=False))
 @click.option("--data", default="test", show_default=True,
-              help="test, val, train, or a config / .npz / .csv file.")
+              help="test, val, train, or a config / .npz / .csv file, read as the training data "
+              "was; a .csv for a model not trained on CSV holds the features, then the labels.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @THREADS
 def eval_(run, data, as_json, threads):
@@ -101,11 +103,22 @@ def eval_(run, data, as_json, threads):
 def predict(run, data, out):
     """Write predictions of RUN for DATA (a .npz, .csv or config file) to --out.
 
+    DATA is read as the training data was, and needs no labels: an .npz without the label
+    array, or a .csv of the features only (for a model trained on CSV, one with its label
+    columns too). The training data need not exist any more.
+
     Example: bpnet predict runs/mnist_mlp configs/mnist_mlp.yaml --out predictions.csv
     """
     from . import api
     table = api.predict_file(run, data, out)
     click.echo(f"wrote {len(table)} predictions to {out}")
+
+
+def _positive_finite(ctx, param, value):
+    # click's FloatRange lets NaN through: every comparison with NaN is False
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"found {value:g}, expected a positive finite number")
+    return value
 
 
 @cli.command()
@@ -114,8 +127,10 @@ def predict(run, data, out):
 @click.option("--layer", help="Check this layer alone, under L = sum(y * r).")
 @click.option("--samples", type=click.IntRange(min=1),
               help="Check N random elements per tensor instead of all.")
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True)
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True)
+@click.option("--eps", type=float, callback=_positive_finite, default=1e-6, show_default=True,
+              help="Finite-difference step.")
+@click.option("--tol", type=float, callback=_positive_finite, default=1e-6, show_default=True,
+              help="Pass if abs(a - n) <= tol * max(abs(a), abs(n), 1).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

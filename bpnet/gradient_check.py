@@ -3,17 +3,21 @@
 The numerical gradient of element i is (L(w + eps e_i) - L(w - eps e_i)) / (2 eps). An element
 passes, as in Caffe's checker, when abs(a - n) <= tol * max(abs(a), abs(n), 1). Where the two
 perturbed forward passes put some ReLU input on different sides of 0, the difference quotient
-straddles a kink and measures nothing; such elements are skipped and counted.
+straddles a kink and measures nothing; such elements are skipped and counted. A tensor whose
+every element tried was skipped fails: nothing about its gradient was shown.
 
 Three checks share that machinery: a whole network with its loss (``check_net``), one layer in
 isolation under the objective L = sum(y * r) for a fixed random r (``check_layer``), and one
 loss (``check_loss``).
 """
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from .errors import ConfigError
 
 
 @dataclass
@@ -27,6 +31,11 @@ class TensorResult:
     max_abs_error: float
     max_rel_error: float
     passed: bool
+
+    @property
+    def unchecked(self):
+        """True when elements were tried but every one straddled a kink: nothing was shown."""
+        return self.checked == 0 and self.skipped > 0
 
 
 @dataclass
@@ -46,12 +55,13 @@ class Report:
     def to_dict(self):
         return {"passed": self.passed, "eps": self.eps, "tol": self.tol,
                 "backprop_seconds": self.backprop_seconds, "numeric_seconds": self.numeric_seconds,
-                "tensors": [asdict(t) for t in self.tensors]}
+                "tensors": [{**asdict(t), "unchecked": t.unchecked} for t in self.tensors]}
 
 
 def _compare(name, analytic, objective, array, kinks, eps, tol, indices, tick):
     """Central differences of ``objective`` over ``array``'s elements at ``indices``."""
     flat, grad = array.reshape(-1), analytic.reshape(-1)
+    objective()  # the previous tensor's last pass ran at w - eps: see the kinks at w itself
     baseline = kinks()
     abs_err, rel_err, checked, skipped, passed = 0.0, 0.0, 0, 0, True
     for i in indices:
@@ -72,7 +82,9 @@ def _compare(name, analytic, objective, array, kinks, eps, tol, indices, tick):
         rel_err = max(rel_err, err / scale if scale > 1e-6 else 0.0)
         passed &= err <= tol * max(scale, 1.0)
         checked += 1
-    return TensorResult(name, flat.size, checked, skipped, abs_err, rel_err, bool(passed))
+    result = TensorResult(name, flat.size, checked, skipped, abs_err, rel_err, bool(passed))
+    result.passed &= not result.unchecked  # every element straddled a kink: nothing was shown
+    return result
 
 
 def _same(a, b):
@@ -83,6 +95,17 @@ def _indices(size, samples, rng):
     if samples is None or samples >= size:
         return range(size)
     return np.sort(rng.choice(size, samples, replace=False))
+
+
+def _check_settings(eps, tol):
+    for name, value in (("eps", eps), ("tol", tol)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        # written as a negation so that NaN, which fails every comparison, is refused too
+        if not (math.isfinite(number) and number > 0):
+            raise ConfigError(f"found {value!r}, expected a positive finite number", where=name)
 
 
 def _run(targets, objective, kinks, analytic_seconds, eps, tol, samples, seed, progress=False):
@@ -126,6 +149,7 @@ def check_net(net, x, t, eps=1e-6, tol=1e-6, samples=None, seed=0, params=None, 
 
     ``net`` must be float64 (``net.astype(np.float64)``); x: (batch, n_in) float64.
     """
+    _check_settings(eps, tol)
     x = np.array(x, dtype=np.float64, order="C")
     restore = _dropout_state(net.layers)
 
@@ -149,6 +173,7 @@ def check_net(net, x, t, eps=1e-6, tol=1e-6, samples=None, seed=0, params=None, 
 
 def check_layer(layer, x, eps=1e-6, tol=1e-6, samples=None, seed=0, progress=False):
     """Check one float64 layer alone, under L = sum(layer(x) * r) with a fixed random r."""
+    _check_settings(eps, tol)
     x = np.array(x, dtype=np.float64, order="C")
     restore = _dropout_state([layer])
     restore_and_forward = lambda: (restore(), layer.forward(x, train=True))[1]  # noqa: E731
@@ -173,6 +198,7 @@ def check_layer(layer, x, eps=1e-6, tol=1e-6, samples=None, seed=0, progress=Fal
 
 def check_loss(loss, z, t, eps=1e-6, tol=1e-6, samples=None, seed=0):
     """Check a float64 loss's gradient with respect to its input z."""
+    _check_settings(eps, tol)
     z = np.array(z, dtype=np.float64, order="C")
     dz, seconds = _timed(lambda: (loss.forward(z, t), loss.backward())[1])
     return _run([("input", z, dz)], lambda: loss.forward(z, t), lambda: [], seconds,

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .build import build_net, input_width
+from .build import build_net
 from .config import load_config
 from .errors import ConfigError
 from .initializers import NAMES as INIT_NAMES

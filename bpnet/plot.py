@@ -6,10 +6,12 @@ so nothing depends on a display or on pyplot's global state.
 """
 
 import csv
+import io
 import math
 from pathlib import Path
 
 from .errors import BpnetError
+from .files import replacing
 
 
 def _figure(**kwargs):
@@ -22,13 +24,18 @@ def _figure(**kwargs):
 
 
 def _save(fig, out):
+    """Write ``fig`` to ``out`` whole or not at all; the suffix names the format."""
     out = Path(out)
+    formats = fig.canvas.get_supported_filetypes()
+    fmt = out.suffix[1:].lower()
+    # without a known suffix matplotlib would write OUT.png and we would report OUT
+    if fmt not in formats:
+        raise BpnetError(f"found {out.suffix or 'no suffix'}, expected a figure file ending in "
+                         f"one of {', '.join('.' + f for f in sorted(formats))}", source=out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
-    except OSError as e:
-        raise BpnetError(f"cannot write the figure: {e.strerror or e}", source=out) from None
-    except ValueError as e:  # an extension matplotlib cannot write, e.g. .txt
+        with replacing(out) as f:
+            fig.savefig(f, format=fmt, dpi=100)
+    except (ValueError, RuntimeError) as e:  # matplotlib refusing; nothing was put in place
         raise BpnetError(f"cannot write the figure: {e}", source=out) from None
     return out
 
@@ -39,21 +46,45 @@ def read_metrics(run_dir):
     """The rows of ``RUN_DIR/metrics.csv`` as dicts of floats (None where a cell is empty)."""
     path = Path(run_dir) / "metrics.csv"
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise BpnetError("no metrics.csv here; expected a run folder written by bpnet train",
                          source=run_dir) from None
     except OSError as e:
         raise BpnetError(f"cannot read: {e.strerror or e}", source=path) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise BpnetError(f"byte {raw[e.start]:#04x} is not UTF-8 text", source=path,
+                         where=f"line {line}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for cells in reader:
+            if cells:  # blank lines carry nothing, as csv.DictReader sees them
+                rows.append((reader.line_num, cells))
+    except csv.Error as e:
+        raise BpnetError(f"not valid CSV: {e}", source=path,
+                         where=f"line {reader.line_num}") from None
+    if not rows:
+        raise BpnetError("is empty; expected a header and one row per epoch", source=path)
+    header = rows[0][1]
     out = []
-    for i, row in enumerate(rows):
+    for line, cells in rows[1:]:
+        if len(cells) != len(header):
+            raise BpnetError(f"has {len(cells)} cells, the header has {len(header)}",
+                             source=path, where=f"line {line}")
         try:
-            out.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+            out.append({k: (float(v) if v != "" else None) for k, v in zip(header, cells)})
         except ValueError:
-            raise BpnetError(f"row {i + 2} holds a value that is not a number", source=path) from None
-    if not out or "epoch" not in out[0]:
+            raise BpnetError("holds a value that is not a number", source=path,
+                             where=f"line {line}") from None
+    if "epoch" not in header or not out:
         raise BpnetError("has no epochs yet (or no epoch column)", source=path)
+    for (line, _), row in zip(rows[1:], out):
+        if row["epoch"] is None or not math.isfinite(row["epoch"]):
+            raise BpnetError("has no epoch number", source=path, where=f"line {line}")
     return out
 
 

@@ -22,17 +22,25 @@ class Session:
     source: object = None
 
 
-def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "test")):
-    """Read the config's data (only ``splits``) and build its network for that data."""
+def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "test"), n_in=None):
+    """Read the config's data (only ``splits``) and build its network for that data.
+
+    Given ``n_in`` (a checkpoint records it), the network is built without the training data,
+    which is then read only when a wanted split comes from it: a trained model can predict
+    after its training files are gone.
+    """
     data = cfg["data"]
-    if data is None:
+    if data is None and (n_in is None or splits):
         raise ConfigError("missing; this command needs data (or use --random where offered)",
                           source=source, where="data")
-    wanted = [name for name in ("train", "val", "test")
-              if data[name] is not None and (name in splits or name == "train")]
+    if data is None:
+        return Session(cfg, build_net(cfg, n_in, dtype=dtype, source=source), {}, source)
+    need_train = n_in is None or "train" in splits or ("val" in splits and data["val_split"])
+    wanted = [name for name in ("train", "val", "test") if data[name] is not None
+              and (name in splits or (name == "train" and need_train))]
     raw = dict(zip(wanted, _read_while_numba_imports([data[name] for name in wanted])))
-    x_train = raw["train"][0]
-    net = build_net(cfg, x_train.shape[1], dtype=dtype, source=source)
+    net = build_net(cfg, raw["train"][0].shape[1] if n_in is None else n_in, dtype=dtype,
+                    source=source)
     for name, (x, _, path) in raw.items():
         if x.shape[1] != net.n_in:
             raise DataError(f"examples have {x.shape[1]} features, but the network takes "
@@ -44,10 +52,10 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     out = {name: Dataset(x, net.loss.targets_from(y, path), mean, data["scale"], path)
            for name, (x, y, path) in raw.items()}
     split = data["val_split"]
-    if split:
-        if "val" in out:
-            raise ConfigError("give data.val or data.val_split, not both", source=source,
-                              where="data.val_split")
+    if split and "val" in out:
+        raise ConfigError("give data.val or data.val_split, not both", source=source,
+                          where="data.val_split")
+    if split and "train" in out:
         n = len(out["train"])
         if split >= n:
             raise ConfigError(f"found {split}, but the training set has only {n} examples",

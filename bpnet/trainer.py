@@ -8,7 +8,6 @@ any step boundary and resumed gives the same weights, bit for bit, as one that n
 import csv
 import io
 import math
-import os
 import signal
 import sys
 import threading
@@ -21,6 +20,7 @@ import yaml
 from . import checkpoint as ckpt
 from .build import seeds
 from .errors import BpnetError, CheckpointError, ConfigError, DivergenceError
+from .files import write_text
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
 
@@ -326,22 +326,7 @@ class Trainer:
         for row in self.rows:
             writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v)
                              for k, v in row.items()})
-        write_text_atomic(self.run_dir / "metrics.csv", text.getvalue())
-
-
-def write_text_atomic(path, text):
-    """Replace a small text file whole (temp file, fsync, rename), or raise a BpnetError."""
-    tmp = Path(f"{path}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise BpnetError(f"cannot write: {e.strerror or e}; the previous version is untouched",
-                         source=path) from None
+        write_text(self.run_dir / "metrics.csv", text.getvalue())
 
 
 def format_row(row, epochs):
@@ -358,6 +343,6 @@ def format_row(row, epochs):
 
 
 def save_config(cfg, run_dir):
-    write_text_atomic(Path(run_dir) / "config.yaml",
+    write_text(Path(run_dir) / "config.yaml",
                       "# The resolved config of this run: defaults filled in, overrides applied.\n"
                       + yaml.safe_dump(cfg, sort_keys=False))

@@ -267,7 +267,6 @@ class NumpyRunner:
                     w -= v
 
     def accuracy(self):
-        np = self.np
         out = self.forward(self._inputs(self.xt))[-1]
         return float((out.argmax(1) == self.yt).mean())
 

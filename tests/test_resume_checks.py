@@ -13,6 +13,7 @@ import yaml
 import bpnet.trainer as train_module
 from bpnet import api
 from bpnet import checkpoint as ckpt
+from bpnet import files
 from bpnet.config import load_config
 from bpnet.errors import CheckpointError, ConfigError
 from bpnet.session import open_session
@@ -368,13 +369,14 @@ def test_newbob_rejected_first_epoch_is_not_saved_as_best(tmp_path, monkeypatch)
 
 # ----- 8. stale temp files ----------------------------------------------------------------------
 
-def test_stale_temps_of_numbered_and_best_checkpoints_are_removed(tmp_path):
-    stale = [tmp_path / ".ckpt-00000013.npz.ab12cd.tmp", tmp_path / ".best.npz.xy98zq.tmp"]
+def test_stale_temps_of_every_atomic_write_are_removed(tmp_path):
+    stale = [tmp_path / ".ckpt-00000013.npz.ab12cd.tmp", tmp_path / ".best.npz.xy98zq.tmp",
+             tmp_path / ".metrics.csv.k3j4l5.tmp"]
     kept = [tmp_path / "best.npz", tmp_path / "ckpt-00000013.npz", tmp_path / "notes.tmp"]
     for p in stale + kept:
         p.write_bytes(b"x")
-    ckpt.remove_stale_temps(tmp_path)
-    assert [p.exists() for p in stale] == [False, False]
+    files.remove_stale_temps(tmp_path)
+    assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
 
 

@@ -1,7 +1,5 @@
 """Elementwise activations. Each saves its output, from which its derivative follows."""
 
-import numpy as np
-
 from .. import kernels, spec
 from ..kernels import LEAKY_RELU, RELU, SIGMOID, TANH
 from .base import Layer, register

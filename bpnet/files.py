@@ -1,0 +1,70 @@
+"""Files written whole or not at all: checkpoints, metrics, configs, predictions, figures."""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import BpnetError
+
+TEMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def replacing(path, error=BpnetError):
+    """A binary file whose contents replace ``path`` once written whole: a temp file beside it,
+    fsync, rename, fsync of the folder. A crash at any instant leaves the old file or the new
+    one; a failed write (a full disk) raises ``error`` naming ``path``, and leaves the old
+    file as it was and no temp file.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as e:
+        raise error(f"cannot write: {e.strerror or e}; what was written before is untouched",
+                    source=path) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def write_text(path, text):
+    """Replace a text file whole, or raise a BpnetError."""
+    with replacing(path) as f:
+        f.write(text.encode())
+
+
+def remove_stale_temps(folder):
+    """Delete the temp files a killed write left in ``folder`` (never renamed into place)."""
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder):
+    # makes the rename itself durable; some file systems refuse to open or sync a folder
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

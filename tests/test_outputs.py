@@ -1,0 +1,349 @@
+"""What bpnet writes and reports after training: gradient-check verdicts, predictions, eval and
+plot on other data files, and one-line errors with nothing saved lost."""
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bpnet import api, plot
+from bpnet.build import net_for
+from bpnet.cli import cli, main
+from bpnet.config import load_config
+from bpnet.diagnostics import random_batch
+from bpnet.errors import BpnetError, ConfigError
+from bpnet.gradient_check import check_layer, check_net
+
+from conftest import make_layer, write_yaml
+
+
+def bpnet(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def bpnet_fails(capsys, *args, code=2):
+    """Run the CLI as users do; return its one error line (asserting there is exactly one)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == code, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "Traceback" not in err, err
+    return lines[0]
+
+
+def net_config(folder, **sections):
+    cfg = {"name": "relu", "seed": 0,
+           "net": {"input": 10, "layers": [{"name": "fc1", "type": "affine", "out": 30},
+                                           {"name": "relu1", "type": "relu"},
+                                           {"name": "fc2", "type": "affine", "out": 30},
+                                           {"name": "relu2", "type": "relu"},
+                                           {"name": "fc3", "type": "affine", "out": 3}],
+                   "loss": "softmax_cross_entropy"},
+           "solver": {"type": "sgd", "lr": 0.1, "batch_size": 2, "epochs": 1}, **sections}
+    return write_yaml(Path(folder) / "relu.yaml", cfg)
+
+
+# ----- gradient check -----------------------------------------------------------------------------
+
+def kink_skips(net, x, t, array, eps):
+    """How many elements of ``array`` a correct checker skips: those whose +eps or -eps pass
+    puts some ReLU input on another side of 0 than the unperturbed pass does."""
+    def kinks():
+        net.forward(x, t, train=True)
+        return [layer.kink_pattern() for layer in net.layers if layer.kink]
+
+    flat, skipped = array.reshape(-1), 0
+    base = kinks()
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + eps
+        plus = kinks()
+        flat[i] = keep - eps
+        minus = kinks()
+        flat[i] = keep
+        skipped += not all(np.array_equal(a, b) and np.array_equal(a, c)
+                           for a, b, c in zip(base, plus, minus))
+    return skipped
+
+
+def test_gradcheck_compares_kinks_with_the_unperturbed_point(tmp_path):
+    """The reviewed case: 10-30-30-3 ReLU net, eps 0.2. Each tensor's kink baseline used to be
+    taken where the previous tensor's last pass left it (at w - eps), so fc2.W reported 0
+    checked, 900 skipped."""
+    net = net_for(load_config(net_config(tmp_path)), dtype=np.float64)
+    x, t = random_batch(net, 2, np.random.default_rng(1))
+    report = check_net(net, x, t, eps=0.2, tol=1e-2)
+    arrays = {**{name: p.data for name, p in net.params.items()}, "input": x}
+    for tensor in report.tensors:
+        assert tensor.skipped == kink_skips(net, x, t, arrays[tensor.name], 0.2), tensor.name
+    fc2 = next(tr for tr in report.tensors if tr.name == "fc2.W")
+    assert fc2.checked > 0
+
+
+def test_a_tensor_with_every_element_skipped_is_not_a_pass():
+    relu = make_layer("relu", n_in=6)
+    x = np.array([[0.05, -0.05, 0.01, -0.02, 0.03, -0.04]])  # all within eps of the kink
+    report = check_layer(relu, x, eps=0.1)
+    (tensor,) = report.tensors
+    assert (tensor.checked, tensor.skipped) == (0, 6)
+    assert tensor.unchecked and not tensor.passed and not report.passed
+    text = api.report_text(report)
+    assert "NOT CHECKED" in text and "not checked: input" in text and "FAILED" in text
+    assert report.to_dict()["tensors"][0]["unchecked"] is True
+
+
+def test_gradcheck_cli_fails_on_a_tensor_it_could_not_check(tmp_path):
+    """--eps 10 on a ReLU layer alone: every input element crosses the kink."""
+    result = CliRunner().invoke(cli, ["gradcheck", str(net_config(tmp_path)), "--random",
+                                      "--layer", "relu1", "--eps", "10"])
+    assert result.exit_code == 1, result.output
+    assert "NOT CHECKED" in result.output and "try a smaller --eps" in result.output
+
+
+@pytest.mark.parametrize("option,value", [("--eps", "nan"), ("--eps", "inf"), ("--eps", "-inf"),
+                                          ("--eps", "0"), ("--tol", "nan"), ("--tol", "inf"),
+                                          ("--tol", "-1")])
+def test_gradcheck_refuses_a_step_or_tolerance_that_is_not_positive_and_finite(
+        tmp_path, capsys, option, value):
+    line = bpnet_fails(capsys, "gradcheck", net_config(tmp_path), "--random", option, value)
+    assert option in line and "positive finite" in line
+
+
+@pytest.mark.parametrize("eps,tol", [(float("nan"), 1e-6), (1e-6, float("nan")),
+                                     (float("inf"), 1e-6), (-1e-3, 1e-6)])
+def test_gradient_check_functions_refuse_bad_settings_too(eps, tol):
+    with pytest.raises(ConfigError, match="positive finite"):
+        check_layer(make_layer("tanh"), np.ones((2, 5)), eps=eps, tol=tol)
+
+
+# ----- plot -----------------------------------------------------------------------------------------
+
+HEADER = "epoch,iteration,lr,train_loss,train_acc,val_loss,val_acc\n"
+ROWS = "1,10,0.1,0.9,0.5,1.0,0.4\n2,20,0.1,0.5,0.7,0.6,0.6\n"
+
+
+@pytest.fixture
+def metrics_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(HEADER + ROWS)
+    return run
+
+
+def test_plot_names_the_line_of_a_row_with_more_cells_than_the_header(metrics_run, capsys):
+    with open(metrics_run / "metrics.csv", "a") as f:
+        f.write("3,30,0.1,0.4,0.8,0.5,0.7,extra,cells\n")
+    line = bpnet_fails(capsys, "plot", metrics_run, "--out", metrics_run / "m.png")
+    assert "metrics.csv: line 4: has 9 cells, the header has 7" in line
+    assert not (metrics_run / "m.png").exists()
+
+
+def test_plot_names_the_line_of_bytes_that_are_not_utf8(metrics_run, capsys):
+    with open(metrics_run / "metrics.csv", "ab") as f:
+        f.write(b"3,30,0.1,0.4,0.8,0.5,\xff\n")
+    line = bpnet_fails(capsys, "plot", metrics_run, "--out", metrics_run / "m.png")
+    assert "metrics.csv: line 4:" in line and "not UTF-8" in line
+
+
+def test_read_metrics_still_reads_empty_cells_as_none(metrics_run):
+    (metrics_run / "metrics.csv").write_text(HEADER + "1,10,0.1,0.9,,,\n")
+    assert plot.read_metrics(metrics_run) == [{"epoch": 1.0, "iteration": 10.0, "lr": 0.1,
+                                               "train_loss": 0.9, "train_acc": None,
+                                               "val_loss": None, "val_acc": None}]
+
+
+def test_plot_refuses_an_output_without_a_figure_suffix(metrics_run, capsys, monkeypatch):
+    """matplotlib wrote xnoext.png while bpnet printed 'wrote xnoext'."""
+    monkeypatch.chdir(metrics_run)
+    line = bpnet_fails(capsys, "plot", metrics_run, "--out", "xnoext")
+    assert "xnoext" in line and ".png" in line
+    assert not list(Path(".").glob("xnoext*"))
+
+
+def test_plot_prints_the_path_it_wrote(metrics_run):
+    out = metrics_run / "curves.svg"
+    assert bpnet("plot", metrics_run, "--out", out).strip() == f"wrote {out}"
+    assert out.read_text().lstrip().startswith("<?xml")
+
+
+def test_a_failed_plot_write_keeps_the_old_figure_and_leaves_no_partial_file(
+        metrics_run, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    out = metrics_run / "m.png"
+    out.write_bytes(b"old figure")
+
+    def full_disk(self, f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    line = bpnet_fails(capsys, "plot", metrics_run, "--out", out)
+    assert "m.png" in line and "No space left" in line
+    assert out.read_bytes() == b"old figure"
+    assert sorted(p.name for p in metrics_run.iterdir()) == ["m.png", "metrics.csv"]
+
+
+# ----- eval and predict on data files ------------------------------------------------------------
+
+def tiny_problem(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+    return x, y
+
+
+def train_tiny(folder, train_spec, name="tiny"):
+    """Train a 4-8-3 classifier for one epoch on ``train_spec``; returns the run folder."""
+    cfg = {"name": name, "seed": 1, "threads": 1,
+           "data": {"train": train_spec},
+           "net": {"layers": [{"name": "fc1", "type": "affine", "out": 8},
+                              {"name": "act1", "type": "tanh"},
+                              {"name": "fc2", "type": "affine", "out": 3}],
+                   "loss": "softmax_cross_entropy"},
+           "solver": {"type": "sgd", "lr": 0.1, "batch_size": 16, "epochs": 1}}
+    run = Path(folder) / f"{name}_run"
+    bpnet("train", write_yaml(Path(folder) / f"{name}.yaml", cfg), "--out", run, "--quiet")
+    return run
+
+
+def write_csv(path, x, y=None, delimiter=",", header=None):
+    table = x if y is None else np.column_stack([x, y])
+    np.savetxt(path, table, delimiter=delimiter, fmt="%.9g",
+               header=delimiter.join(header) if header else "", comments="")
+    return path
+
+
+@pytest.fixture(scope="module")
+def npz_run(tmp_path_factory):
+    """A model trained on an .npz whose arrays are named 'inputs' and 'targets'."""
+    folder = tmp_path_factory.mktemp("npz_run")
+    x, y = tiny_problem()
+    np.savez(folder / "train.npz", inputs=x, targets=y)
+    return train_tiny(folder, {"format": "npz", "path": "train.npz", "x": "inputs",
+                               "y": "targets"})
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A model trained on a ';'-separated CSV with a header and the label named 'cls' first."""
+    folder = tmp_path_factory.mktemp("csv_run")
+    x, y = tiny_problem()
+    write_csv(folder / "train.csv", y[:, None], x, ";", ["cls", "a", "b", "c", "d"])
+    return train_tiny(folder, {"format": "csv", "path": "train.csv", "label": "cls",
+                               "delimiter": ";"})
+
+
+def test_eval_on_an_npz_reads_the_training_array_names(npz_run, tmp_path):
+    x, y = tiny_problem(50, seed=2)
+    np.savez(tmp_path / "more.npz", inputs=x, targets=y)
+    result = json.loads(bpnet("eval", npz_run, "--data", tmp_path / "more.npz", "--json"))
+    assert result["n"] == 50 and sum(map(sum, result["confusion"])) == 50
+
+
+def test_predict_on_an_npz_without_labels(npz_run, tmp_path, capsys):
+    x, y = tiny_problem(50, seed=2)
+    np.savez(tmp_path / "both.npz", inputs=x, targets=y)
+    np.savez(tmp_path / "only_x.npz", inputs=x)
+    bpnet("predict", npz_run, tmp_path / "both.npz", "--out", tmp_path / "a.npy")
+    bpnet("predict", npz_run, tmp_path / "only_x.npz", "--out", tmp_path / "b.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    line = bpnet_fails(capsys, "eval", npz_run, "--data", tmp_path / "only_x.npz")
+    assert "no array named 'targets'" in line  # eval still needs the labels
+
+
+def test_eval_and_predict_on_a_csv_read_it_as_the_training_csv(csv_run, tmp_path):
+    x, y = tiny_problem(50, seed=2)
+    full = write_csv(tmp_path / "full.csv", y[:, None], x, ";", ["cls", "a", "b", "c", "d"])
+    result = json.loads(bpnet("eval", csv_run, "--data", full, "--json"))
+    assert result["n"] == 50
+    features = write_csv(tmp_path / "features.csv", x, None, ";", ["a", "b", "c", "d"])
+    bpnet("predict", csv_run, full, "--out", tmp_path / "a.csv")
+    bpnet("predict", csv_run, features, "--out", tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    table = np.loadtxt(tmp_path / "a.csv", delimiter=",", skiprows=1)
+    assert np.mean(table[:, 0] == y) == pytest.approx(result["accuracy"])
+
+
+def test_predict_on_a_csv_of_the_wrong_width_names_the_mismatch(csv_run, tmp_path, capsys):
+    x, _ = tiny_problem(10)
+    bad = write_csv(tmp_path / "three.csv", x[:, :3], None, ";")
+    line = bpnet_fails(capsys, "predict", csv_run, bad, "--out", tmp_path / "p.csv")
+    assert "three.csv" in line and "3 cells" in line and "4 features" in line and "'cls'" in line
+
+
+def test_a_model_not_trained_on_csv_takes_no_csv_column_as_a_label_in_predict(
+        npz_run, tmp_path, capsys):
+    x, y = tiny_problem(50, seed=2)
+    np.savez(tmp_path / "more.npz", inputs=x, targets=y)
+    bpnet("predict", npz_run, tmp_path / "more.npz", "--out", tmp_path / "a.csv")
+    bpnet("predict", npz_run, write_csv(tmp_path / "x.csv", x), "--out", tmp_path / "b.csv")
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "a.csv", delimiter=",", skiprows=1),
+                               np.loadtxt(tmp_path / "b.csv", delimiter=",", skiprows=1),
+                               atol=2e-6)
+    # one more column than the network takes: refused, not silently read as labels
+    line = bpnet_fails(capsys, "predict", npz_run, write_csv(tmp_path / "xy.csv", x, y),
+                       "--out", tmp_path / "c.csv")
+    assert "xy.csv" in line and "5 cells" in line and "4 features" in line
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_eval_of_a_model_not_trained_on_csv_wants_features_then_labels(npz_run, tmp_path, capsys):
+    x, y = tiny_problem(50, seed=2)
+    np.savez(tmp_path / "more.npz", inputs=x, targets=y)
+    by_npz = json.loads(bpnet("eval", npz_run, "--data", tmp_path / "more.npz", "--json"))
+    by_csv = json.loads(bpnet("eval", npz_run, "--data", write_csv(tmp_path / "xy.csv", x, y),
+                              "--json"))
+    assert by_csv["confusion"] == by_npz["confusion"]
+    line = bpnet_fails(capsys, "eval", npz_run, "--data", write_csv(tmp_path / "x.csv", x))
+    assert "x.csv" in line and "4 cells, expected 5" in line
+
+
+def test_predict_and_eval_on_a_file_do_not_read_the_training_data(tmp_path):
+    x, y = tiny_problem()
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    run = train_tiny(tmp_path, {"format": "npz", "path": "train.npz"})
+    (tmp_path / "train.npz").unlink()
+    np.savez(tmp_path / "new.npz", x=x[:20])
+    bpnet("predict", run, tmp_path / "new.npz", "--out", tmp_path / "p.npy")
+    assert np.load(tmp_path / "p.npy").shape == (20, 4)
+    np.savez(tmp_path / "labelled.npz", x=x[:20], y=y[:20])
+    assert json.loads(bpnet("eval", run, "--data", tmp_path / "labelled.npz", "--json"))["n"] == 20
+
+
+def test_a_failed_predict_write_keeps_the_old_predictions(tmp_path, capsys, monkeypatch):
+    x, y = tiny_problem()
+    np.savez(tmp_path / "x.npz", x=x, y=y)
+    run = train_tiny(tmp_path, {"format": "npz", "path": "x.npz"})
+    out = tmp_path / "p.csv"
+    bpnet("predict", run, tmp_path / "x.npz", "--out", out)
+    before = out.read_bytes()
+    real_savetxt = np.savetxt
+
+    def full_disk(f, table, **kwargs):
+        real_savetxt(f, table[:3], **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savetxt", full_disk)
+    line = bpnet_fails(capsys, "predict", run, tmp_path / "x.npz", "--out", out)
+    assert "p.csv" in line and "No space left" in line
+    assert out.read_bytes() == before
+    assert not list(tmp_path.glob(".p.csv*"))  # no temp file left behind
+
+
+def test_eval_of_a_config_file_says_it_is_no_run(tmp_path, capsys):
+    line = bpnet_fails(capsys, "eval", net_config(tmp_path))
+    assert "relu.yaml" in line and "not a checkpoint or run folder" in line
+    assert "beside the checkpoint" not in line
+
+
+def test_load_run_of_a_config_raises_a_bpnet_error(tmp_path):
+    with pytest.raises(BpnetError, match="is a config file"):
+        api.load_run(net_config(tmp_path))
