@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from .config import load_config
+from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError, DataError
 from .files import remove_stale_temps, replacing
 
 
 def set_threads(n):
     """Limit BLAS to ``n`` threads (0 leaves the default). bpnet's own kernels are serial."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_THREADS:
+        raise ConfigError(f"found {n!r}, expected an integer from 0 to {MAX_THREADS}",
+                          where="threads")
     if n:
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=n, user_api="blas")

@@ -268,6 +268,11 @@ def main(argv=None):
             raise
         click.echo(f"Error: {e.format_message()}" + _usage_hint(e), err=True)
         sys.exit(2)
+    except MemoryError as e:  # a network or batch far too large for this machine
+        if debug:
+            raise
+        click.echo(f"Error: out of memory: {e or 'an array did not fit'}", err=True)
+        sys.exit(2)
 
 
 def _usage_hint(e):

@@ -211,6 +211,20 @@ def test_bad_command_line_value_is_one_line(tiny):
     assert_clean_error(bpnet("gradcheck", tiny, "--batch", "0"), "--batch")
 
 
+def test_a_network_too_large_for_memory_is_one_line(tmp_path):
+    config = tmp_path / "huge.yaml"  # 10^10 inputs: the random float64 batch alone is 149 GiB
+    config.write_text("net: {input: 10000000000, layers: [{name: r, type: relu}], loss: mse}\n")
+    assert_clean_error(bpnet("gradcheck", "--random", config), "out of memory")
+
+
+def test_thread_count_from_python_is_checked():
+    from bpnet import api
+    from bpnet.errors import ConfigError
+    for bad in (10 ** 20, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="threads"):
+            api.set_threads(bad)
+
+
 # ----- divergence ---------------------------------------------------------------------------
 
 def test_divergence_stops_with_status_3_and_keeps_checkpoints(tmp_path):
