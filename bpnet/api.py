@@ -38,13 +38,14 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                               source="--out")
         run_dir = Path(resume)
         config = config or run_dir / "config.yaml"
-        if not (run_dir / "config.yaml").is_file():
-            raise BpnetError("not a run folder (no config.yaml) to resume", source=run_dir)
+        if not ((run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir()):
+            raise BpnetError("not a run folder (config.yaml and checkpoints/) to resume",
+                             source=run_dir)
     if config is None:
         raise ConfigError("give a config file, or --resume RUN_DIR")
     cfg = load_config(config, overrides)
     if resume is None:
-        run_dir = Path(out) if out else Path("runs") / cfg["name"]
+        run_dir = Path(out) if out else run_folder(cfg["name"], config)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise BpnetError("already holds a run; choose another --out, or continue it with "
                              "--resume", source=run_dir)
@@ -64,8 +65,9 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         progress = None if quiet else "bar" if sys.stderr.isatty() else "lines"
     trainer = Trainer(session, run_dir, log=log, progress=progress)
     if resume is not None:
-        for folder in (run_dir, run_dir / "checkpoints"):  # left by a kill mid-write
-            remove_stale_temps(folder)
+        # left by a kill in mid-write; only the names bpnet writes, never a user's files
+        remove_stale_temps(run_dir, ("metrics.csv", "config.yaml"))
+        remove_stale_temps(run_dir / "checkpoints", ("ckpt-*.npz", "best.npz"))
         found = ckpt.list_checkpoints(run_dir / "checkpoints")
         if found:
             trainer.resume(found[-1])
@@ -77,12 +79,21 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                 f"iteration {trainer.iteration}")
         else:  # stopped before its first checkpoint: nothing was lost but time
             log(f"{run_dir} has no checkpoint yet; training from the start")
+    (run_dir / "checkpoints").mkdir(exist_ok=True)  # first: with config.yaml it marks a run
     save_config(cfg, run_dir)
     rows = trainer.run()
     return run_dir, rows
 
 
 SPLITS = ("train", "val", "test")
+
+
+def run_folder(name, source=None):
+    """runs/NAME, for a name that is one folder name: a run never lands outside runs/."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(f"found {name!r}, expected a folder name without / or \\ (the run goes "
+                          f"to runs/NAME), or give --out", source=source, where="name")
+    return Path("runs") / name
 
 
 def load_run(path, overrides=()):

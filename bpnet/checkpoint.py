@@ -119,15 +119,17 @@ def check_meta(meta, path, columns):
                                   source=path)
 
 
-def check_order(order, n, path):
+def check_order(order, n, path, source=None):
     """The epoch's example order as int64, or a CheckpointError unless it is a 1-D integer
-    permutation of range(n): the gather kernel indexes with it unchecked."""
+    permutation of range(n): the gather kernel indexes with it unchecked. A run stopped in
+    mid-epoch must go on with the training set it began the epoch with (else a ConfigError)."""
     if order.ndim != 1 or not np.issubdtype(order.dtype, np.integer):
         raise CheckpointError(f"corrupt checkpoint: 'order' is a {order.ndim}-D {order.dtype} "
                               f"array, expected 1-D integers", source=path)
     if len(order) != n:
-        raise CheckpointError(f"the checkpoint's epoch order covers {len(order)} examples, the "
-                              f"training set has {n}", source=path)
+        raise ConfigError(f"the training set has {n} examples, but the run stopped in mid-epoch "
+                          f"with {len(order)} ({Path(path).name}); resume with the same data.train "
+                          f"and data.val_split", source=source, where="data")
     if n and (order.min() < 0 or order.max() >= n
               or np.bincount(order.astype(np.int64), minlength=n).max() != 1):
         raise CheckpointError(f"corrupt checkpoint: 'order' is not a permutation of the {n} "
@@ -146,9 +148,11 @@ def check_generator_state(generator, meta, key, path):
     return meta[key]
 
 
-# Layer options a resume may change: they act only at initialisation or through the solver,
-# not on what the network computes.
-TRAINING_OPTIONS = ("init", "bias_init", "lr_mult", "decay_mult")
+# Layer options a resume may change: they act only at initialisation, through the solver or
+# in training (dropout's rate), not on what the trained network computes.
+TRAINING_OPTIONS = ("init", "bias_init", "lr_mult", "decay_mult", "rate")
+# Solvers with the same state (sgd and nesterov both keep one momentum) may replace each other.
+STATE_KIND = {"sgd": "momentum", "nesterov": "momentum", "adam": "adam"}
 
 
 def check_fits(meta, cfg, n_in, path, source):
@@ -172,8 +176,9 @@ def check_fits(meta, cfg, n_in, path, source):
     if meta["n_in"] != n_in:
         refuse("net.input", f"{n_in} features", meta["n_in"])
     solver = cfg["solver"]
-    if meta.get("solver", solver["type"]) != solver["type"]:
-        refuse("solver.type", repr(solver["type"]), repr(meta["solver"]))
+    then = meta.get("solver", solver["type"])
+    if STATE_KIND.get(then) != STATE_KIND[solver["type"]]:
+        refuse("solver.type", repr(solver["type"]), repr(then))
     done, partial = meta["epoch"], meta["position"] > 0
     if solver["epochs"] < done + int(partial):
         raise ConfigError(f"is {solver['epochs']}, but the run already has {done} "

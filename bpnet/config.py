@@ -25,13 +25,6 @@ def _delimiter(v):
     return v
 
 
-def _run_name(v):
-    # the name is a folder under runs/: no separators, and never . or ..
-    if not isinstance(v, str) or not re.fullmatch(r"[\w.-]+", v) or v in (".", ".."):
-        raise ValueError("a plain name of letters, digits, _, - or . (it names the run folder)")
-    return v
-
-
 FORMATS = {
     "idx": {"images": Option(spec.text), "labels": Option(spec.text)},
     "npz": {"path": Option(spec.text), "x": Option(spec.text, "x"), "y": Option(spec.text, "y")},
@@ -89,7 +82,7 @@ CHECKPOINT = {
     "best": Option(spec.boolean, True, doc="also keep the best by validation loss"),
 }
 TOP = {
-    "name": Option(_run_name, None),
+    "name": Option(spec.text, None, doc="checked where it names a folder (api.run_folder)"),
     "seed": Option(spec.integer(low=0), 0),
     "threads": Option(spec.integer(low=0, high=MAX_THREADS), 0,
                       doc="BLAS threads; 0 leaves the default"),

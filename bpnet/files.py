@@ -17,12 +17,13 @@ def replacing(path, error=BpnetError):
     one; a failed write (a full disk) raises ``error`` naming ``path``, and leaves the old
     file as it was and no temp file.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # through a symlink, to the file it names, as open() would
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; these are ordinary files
+        os.chmod(tmp, mode)  # mkstemp makes 0600: keep the old file's mode, else an ordinary one
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -44,10 +45,12 @@ def write_text(path, text):
         f.write(text.encode())
 
 
-def remove_stale_temps(folder):
-    """Delete the temp files a killed write left in ``folder`` (never renamed into place)."""
-    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
+def remove_stale_temps(folder, names):
+    """Delete the temp files a killed write of ``names`` (file names or glob patterns, such as
+    ``ckpt-*.npz``) left in ``folder``: they were never renamed into place."""
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
 
 
 def _umask():

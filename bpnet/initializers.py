@@ -16,7 +16,7 @@ from .errors import ConfigError
 _OPTIONS = {
     "he": {}, "msra": {}, "xavier": {}, "glorot": {}, "lecun": {},
     "gaussian": {"std": spec.Option(spec.positive, 0.01)},
-    "uniform": {"range": spec.Option(spec.positive, 0.05)},
+    "uniform": {"range": spec.Option(spec.real(low=0, low_open=True, high=1e300), 0.05)},  # 2 x range stays finite
     "constant": {"value": spec.Option(spec.real(), 0.0)},
 }
 NAMES = tuple(_OPTIONS)

@@ -83,6 +83,9 @@ class Solver:
                     raise CheckpointError(f"solver state {key!r} is a {b.dtype} array of shape "
                                           f"{b.shape}, expected {a.dtype} of shape {a.shape}",
                                           source=source)
+                if not np.isfinite(b).all():  # bpnet never saves these: the file is damaged
+                    raise CheckpointError(f"solver state {key!r} holds NaN or infinite values",
+                                          source=source)
         steps = arrays.get("steps")
         if steps is None or steps.shape != () or not np.issubdtype(steps.dtype, np.integer) \
                 or steps < 0:
@@ -162,9 +165,10 @@ class Newbob:
 
     def load_state(self, state, source=None):
         """Take a ``state()`` dict, or raise a CheckpointError naming the bad entry."""
-        checks = {"lr": lambda v: _number(v) and v > 0, "halving": lambda v: isinstance(v, bool),
-                  "best_loss": lambda v: v is None or _number(v),
-                  "stopped": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool))}
+        checks = {"lr": lambda v: _number(v) and 0 < v < math.inf,
+                  "halving": lambda v: isinstance(v, bool),
+                  "best_loss": lambda v: v is None or (_number(v) and math.isfinite(v)),
+                  "stopped": lambda v: v is None or (_number(v) and isinstance(v, int) and v >= 1)}
         for key, ok in checks.items():
             # "stopped" came later in format 1: earlier checkpoints lack it
             if (key not in state and key != "stopped") or not ok(state.get(key)):

@@ -179,11 +179,15 @@ class Trainer:
     # ----- learning rate, progress, signals --------------------------------------------------
 
     def _lr(self):
-        """The rate of the next update. The schedule's clock is epochs finished plus the share
-        of this epoch's batches done, so a resume with another batch_size or iter_size keeps it."""
+        """The rate of the next update. The schedule's clock counts updates, as Caffe's
+        iterations, in epochs: t = updates done / updates per epoch. Updates done in this epoch
+        follow from its batch position, so a resume with another batch_size or iter_size keeps
+        the clock where it was."""
         if self.newbob:
             return self.newbob.lr
-        return learning_rate(self.s, self.epoch + self.position / self.batches_per_epoch)
+        per_epoch = math.ceil(self.batches_per_epoch / self.s["iter_size"])
+        done = math.ceil(self.position / self.s["iter_size"])
+        return learning_rate(self.s, (self.epoch * per_epoch + done) / per_epoch)
 
     def _checked_lr(self):
         lr = self._lr()
@@ -198,7 +202,8 @@ class Trainer:
         """Why this run has nothing left to train (newbob said stop, or all epochs done), or None."""
         if self.newbob and self.newbob.stopped is not None:
             return (f"newbob stopped it after epoch {self.newbob.stopped} (the validation loss "
-                    f"no longer improved enough)")
+                    f"no longer improved enough); to train on, resume with another "
+                    f"solver.lr_policy")
         if self.epoch >= self.s["epochs"]:
             return (f"it already has its {self.epoch} epochs; to train on, ask for more with "
                     f"--set solver.epochs=N")
@@ -294,12 +299,12 @@ class Trainer:
         arrays, meta = ckpt.load(path)
         ckpt.check_meta(meta, path, COLUMNS)
         ckpt.check_fits(meta, self.cfg, self.net.n_in, path, self.session.source)
+        order = arrays.get("order")
+        if order is not None:  # first: a changed training set is no corrupt position
+            order = ckpt.check_order(order, len(self.train_set), path, self.session.source)
         position = ckpt.position_for(meta, len(self.train_set), self.s["batch_size"], path,
                                      self.session.source)
-        order = arrays.get("order")
-        if order is not None:
-            order = ckpt.check_order(order, len(self.train_set), path)
-        elif position:
+        if order is None and position:
             raise CheckpointError(f"corrupt checkpoint: stopped at batch {position} of an epoch "
                                   f"but has no 'order'", source=path)
         shuffle_state = ckpt.check_generator_state(self.shuffle_rng, meta, "shuffle_rng", path)

@@ -347,3 +347,16 @@ def test_eval_of_a_config_file_says_it_is_no_run(tmp_path, capsys):
 def test_load_run_of_a_config_raises_a_bpnet_error(tmp_path):
     with pytest.raises(BpnetError, match="is a config file"):
         api.load_run(net_config(tmp_path))
+
+
+# ----- writing whole files ------------------------------------------------------------------
+
+def test_an_output_through_a_symlink_replaces_the_target_and_keeps_its_mode(tmp_path):
+    from bpnet.files import write_text
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    write_text(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o640

@@ -137,6 +137,7 @@ BAD_ENTRIES = [
     (_array("solver/steps", np.array(26.5)), "'steps'"),
     (_array("solver/steps", np.array(-1)), "'steps'"),
     (lambda a, m: a.pop("solver/steps"), "'steps'"),
+    (_array("solver/fc1.W/v", np.full((16, 10), np.inf, np.float32)), "'fc1.W/v'"),
 ]
 
 
@@ -154,6 +155,23 @@ def test_bad_newbob_best_weights_are_a_checkpoint_error(tmp_path):
     tamper(run, _array("best/param/fc1.W", np.full((16, 10), "x")))
     with pytest.raises(CheckpointError, match="newbob's best weights: parameter 'fc1.W'"):
         resume(run)
+
+
+@pytest.mark.parametrize("key,value", [("lr", float("inf")), ("best_loss", float("nan")),
+                                       ("stopped", -1), ("halving", 1)])
+def test_bad_newbob_state_is_a_checkpoint_error(tmp_path, key, value):
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                       overrides=["solver.lr_policy=newbob"])
+    tamper(run, lambda a, m: m["newbob"].__setitem__(key, value))
+    with pytest.raises(CheckpointError, match=f"newbob state '{key}'"):
+        resume(run)
+
+
+def test_a_changed_training_set_in_mid_epoch_names_the_data(run):
+    tamper(run, lambda a, m: mid_epoch(a, m, position=BATCHES))  # stopped after its last update
+    with pytest.raises(ConfigError, match="has 190 examples.*with 200") as info:
+        resume(run, "data.val_split=50")
+    assert info.value.where == "data"
 
 
 def test_a_refused_checkpoint_changes_nothing_saved(run):
@@ -197,6 +215,11 @@ def test_solver_state_of_another_type_is_refused_without_the_meta_entry(run, tmp
         resume(run, f"solver.type={new}")
 
 
+def test_sgd_and_nesterov_may_replace_each_other_they_keep_the_same_momentum(run):
+    _, rows = resume(run, "solver.type=nesterov")
+    assert len(rows) == 3
+
+
 def test_changed_solver_type_on_the_command_line_is_one_line(run):
     assert_clean_error(bpnet("train", "--resume", run, "--set", "solver.type=adam"),
                        "solver.type", "'adam'", "'sgd'")
@@ -224,6 +247,22 @@ def test_step_schedule_survives_a_batch_size_change_at_resume(tmp_path, monkeypa
     assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
     half = len(rates) // 2
     assert set(rates[:half]) == {0.0025} and set(rates[half:]) == {0.00125}
+
+
+def test_schedule_counts_updates_as_caffe_counts_iterations(tmp_path, monkeypatch):
+    # 13 batches of 16 and iter_size 3: 5 updates an epoch, the last of a single batch
+    rates = []
+
+    class Recording(train_module.Solver):
+        def step(self, lr, batches=1):
+            rates.append(lr)
+            super().step(lr, batches)
+
+    monkeypatch.setattr(train_module, "Solver", Recording)
+    api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+              overrides=["solver.iter_size=3", "solver.lr=0.1", "solver.lr_policy=exp",
+                         "solver.gamma=0.5"])
+    assert rates == [0.1 * 0.5 ** (k / 5) for k in range(10)]
 
 
 def _trainer(run, *overrides):
@@ -314,7 +353,6 @@ def test_out_with_resume_is_refused(run, tmp_path):
     ("net.layers[1].type=relu", "net.layers[1].type", ["'relu'", "'tanh'"]),
     ("net.layers[0].out=8", "net.layers[0].out", ["8", "16"]),
     ("net.layers[3].name=out", "net.layers[3].name", ["'out'", "'fc2'"]),
-    ("net.layers[2].rate=0.5", "net.layers[2].rate", ["0.5", "0.2"]),
 ])
 def test_changed_architecture_is_refused_naming_the_key(run, override, where, words):
     with pytest.raises(ConfigError) as info:
@@ -341,8 +379,9 @@ def test_added_layer_is_refused(run, tmp_path):
     assert info.value.where == "net.layers"
 
 
-def test_training_options_of_a_layer_may_change(run):
-    _, rows = resume(run, "net.layers[0].lr_mult=0.5")
+@pytest.mark.parametrize("override", ["net.layers[0].lr_mult=0.5", "net.layers[2].rate=0.5"])
+def test_training_options_of_a_layer_may_change(run, override):
+    _, rows = resume(run, override)
     assert len(rows) == 3
 
 
@@ -369,13 +408,13 @@ def test_newbob_rejected_first_epoch_is_not_saved_as_best(tmp_path, monkeypatch)
 
 # ----- 8. stale temp files ----------------------------------------------------------------------
 
-def test_stale_temps_of_every_atomic_write_are_removed(tmp_path):
-    stale = [tmp_path / ".ckpt-00000013.npz.ab12cd.tmp", tmp_path / ".best.npz.xy98zq.tmp",
-             tmp_path / ".metrics.csv.k3j4l5.tmp"]
-    kept = [tmp_path / "best.npz", tmp_path / "ckpt-00000013.npz", tmp_path / "notes.tmp"]
+def test_stale_temps_of_bpnet_writes_are_removed_and_nothing_else(tmp_path):
+    stale = [tmp_path / ".ckpt-00000013.npz.ab12cd.tmp", tmp_path / ".best.npz.xy98zq.tmp"]
+    kept = [tmp_path / "best.npz", tmp_path / "ckpt-00000013.npz", tmp_path / "notes.tmp",
+            tmp_path / ".draft.tmp", tmp_path / ".Notes.md.x1.tmp"]
     for p in stale + kept:
         p.write_bytes(b"x")
-    files.remove_stale_temps(tmp_path)
+    files.remove_stale_temps(tmp_path, ("ckpt-*.npz", "best.npz"))
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
 

@@ -199,6 +199,16 @@ def test_unwritable_output_folder(tiny, tmp_path):
     assert_clean_error(bpnet("train", tiny, "--out", blocker / "run"), "cannot write")
 
 
+def test_resume_of_a_folder_that_is_no_run_touches_nothing(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("# my own notes\n")
+    (folder / ".draft.tmp").write_text("keep me")
+    assert_clean_error(bpnet("train", "--resume", folder), "not a run folder")
+    assert sorted(p.name for p in folder.iterdir()) == [".draft.tmp", "config.yaml"]
+    assert (folder / "config.yaml").read_text() == "# my own notes\n"
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     path = write_tiny(tmp_path, **{"solver.epochs": 1})
     assert bpnet("train", path, "--out", tmp_path / "run", "--quiet").returncode == 0
