@@ -294,6 +294,26 @@ class Dataset:
         self.mean = np.broadcast_to(np.asarray(mean, np.float64), (x.shape[1],)).copy()
         self.scale = scale
         self._typed = {}
+        self._check_float32_range()
+
+    def _check_float32_range(self):
+        """Training batches are float32: an input beyond its range would become inf unnoticed.
+        Integer dtypes are checked by their bounds; only wider inputs cost a pass."""
+        x, limit = self.x, float(np.finfo(np.float32).max)
+        if x.size == 0:
+            return
+        info = np.iinfo(x.dtype) if x.dtype.kind in "ui" else np.finfo(x.dtype)
+        worst = np.abs((np.array([info.min, info.max], np.float64)[:, None] - self.mean)
+                       * self.scale).max()
+        if worst <= limit:
+            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            worst = np.abs((np.array([x.min(axis=0), x.max(axis=0)], np.float64) - self.mean)
+                           * self.scale).max()
+        if not worst <= limit:
+            raise DataError(f"inputs reach {worst:.3g} after (x - data.mean) * data.scale, beyond "
+                            f"the float32 range of training (3.4e38); scale them down with "
+                            f"data.scale", source=self.source)
 
     def __len__(self):
         return len(self.x)

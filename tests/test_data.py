@@ -347,3 +347,13 @@ def test_val_split_holds_out_the_last_examples(tmp_path, rng):
     np.testing.assert_array_equal(val.x, x[15:])
     np.testing.assert_array_equal(train.y, np.arange(15) % 2)
     assert train.y.dtype == np.int64
+
+
+def test_inputs_beyond_float32_after_the_transform_are_a_data_error():
+    x = np.ones((10, 3))
+    x[4, 1] = 1e39  # a float64 that a float32 batch would hold as inf
+    with pytest.raises(DataError, match="f.npz: inputs reach 1e\\+39"):
+        Dataset(x, np.zeros(10), 0.0, 1.0, "f.npz")
+    Dataset(x, np.zeros(10), 0.0, 1e-2, "f.npz")  # scaled into range: fine
+    with pytest.raises(DataError, match="data.scale"):
+        Dataset(np.full((2, 2), 255, np.uint8), np.zeros(2), 0.0, 1e37, "g.npz")
