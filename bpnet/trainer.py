@@ -182,11 +182,11 @@ class Trainer:
         """The rate of the next update. The schedule's clock counts updates, as Caffe's
         iterations, in epochs: t = updates done / updates per epoch. Updates done in this epoch
         follow from its batch position, so a resume with another batch_size or iter_size keeps
-        the clock where it was."""
+        the clock near where it was; a fraction, not rounded up, so that it never runs ahead."""
         if self.newbob:
             return self.newbob.lr
         per_epoch = math.ceil(self.batches_per_epoch / self.s["iter_size"])
-        done = math.ceil(self.position / self.s["iter_size"])
+        done = self.position / self.s["iter_size"]
         return learning_rate(self.s, (self.epoch * per_epoch + done) / per_epoch)
 
     def _checked_lr(self):

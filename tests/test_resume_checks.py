@@ -265,6 +265,26 @@ def test_schedule_counts_updates_as_caffe_counts_iterations(tmp_path, monkeypatc
     assert rates == [0.1 * 0.5 ** (k / 5) for k in range(10)]
 
 
+def test_schedule_clock_does_not_run_ahead_after_a_mid_epoch_resume_with_bigger_updates(
+        tmp_path, monkeypatch):
+    # stopped 3 batches of 16 into the last epoch, resumed with batches of 48 and iter_size 8:
+    # one update covers the rest of the epoch, and poly must not see the end of training yet
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True, overrides=[
+        "solver.lr_policy=poly", "solver.power=1", "solver.epochs=2"])
+    tamper(run, mid_epoch)
+    rates = []
+
+    class Recording(train_module.Solver):
+        def step(self, lr, batches=1):
+            rates.append(lr)
+            super().step(lr, batches)
+
+    monkeypatch.setattr(train_module, "Solver", Recording)
+    resume(run, "solver.batch_size=48", "solver.iter_size=8")
+    # 48 examples of 200 done: the clock reads 2 epochs and a fraction of the third
+    assert len(rates) == 1 and 0.1 * (1 - 2.5 / 3) < rates[0] < 0.1 * (1 - 2 / 3)
+
+
 def _trainer(run, *overrides):
     cfg = load_config(run / "config.yaml", overrides)
     return train_module.Trainer(open_session(cfg, source=run / "config.yaml"), run, log=None)
