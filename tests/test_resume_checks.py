@@ -227,30 +227,8 @@ def test_changed_solver_type_on_the_command_line_is_one_line(run):
 
 # ----- 3. the schedule counts epochs, whatever the batch size ---------------------------------
 
-STEP = ["solver.lr=0.01", "solver.lr_policy=step", "solver.stepsize=1", "solver.gamma=0.5"]
-
-
-@pytest.mark.parametrize("change", ["solver.batch_size=8", "solver.iter_size=3",
-                                    "solver.batch_size=40"])
-def test_step_schedule_survives_a_batch_size_change_at_resume(tmp_path, monkeypatch, change):
-    config = write_tiny(tmp_path)
-    run, _ = api.train(config, out=tmp_path / "run", overrides=STEP, quiet=True)
-    rates = []  # every update's rate, not only each epoch's last, which metrics.csv shows
-
-    class Recording(train_module.Solver):
-        def step(self, lr, batches=1):
-            rates.append(lr)
-            super().step(lr, batches)
-
-    monkeypatch.setattr(train_module, "Solver", Recording)
-    _, rows = api.train(resume=run, overrides=["solver.epochs=4", change], quiet=True)
-    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
-    half = len(rates) // 2
-    assert set(rates[:half]) == {0.0025} and set(rates[half:]) == {0.00125}
-
-
-def test_schedule_counts_updates_as_caffe_counts_iterations(tmp_path, monkeypatch):
-    # 13 batches of 16 and iter_size 3: 5 updates an epoch, the last of a single batch
+def record_rates(monkeypatch):
+    """A list that receives the learning rate of every update from now on."""
     rates = []
 
     class Recording(train_module.Solver):
@@ -259,6 +237,27 @@ def test_schedule_counts_updates_as_caffe_counts_iterations(tmp_path, monkeypatc
             super().step(lr, batches)
 
     monkeypatch.setattr(train_module, "Solver", Recording)
+    return rates
+
+
+STEP = ["solver.lr=0.01", "solver.lr_policy=step", "solver.stepsize=1", "solver.gamma=0.5"]
+
+
+@pytest.mark.parametrize("change", ["solver.batch_size=8", "solver.iter_size=3",
+                                    "solver.batch_size=40"])
+def test_step_schedule_survives_a_batch_size_change_at_resume(tmp_path, monkeypatch, change):
+    config = write_tiny(tmp_path)
+    run, _ = api.train(config, out=tmp_path / "run", overrides=STEP, quiet=True)
+    rates = record_rates(monkeypatch)  # every update's, not only each epoch's last as in metrics
+    _, rows = api.train(resume=run, overrides=["solver.epochs=4", change], quiet=True)
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    half = len(rates) // 2
+    assert set(rates[:half]) == {0.0025} and set(rates[half:]) == {0.00125}
+
+
+def test_schedule_counts_updates_as_caffe_counts_iterations(tmp_path, monkeypatch):
+    # 13 batches of 16 and iter_size 3: 5 updates an epoch, the last of a single batch
+    rates = record_rates(monkeypatch)
     api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
               overrides=["solver.iter_size=3", "solver.lr=0.1", "solver.lr_policy=exp",
                          "solver.gamma=0.5"])
@@ -272,14 +271,7 @@ def test_schedule_clock_does_not_run_ahead_after_a_mid_epoch_resume_with_bigger_
     run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True, overrides=[
         "solver.lr_policy=poly", "solver.power=1", "solver.epochs=2"])
     tamper(run, mid_epoch)
-    rates = []
-
-    class Recording(train_module.Solver):
-        def step(self, lr, batches=1):
-            rates.append(lr)
-            super().step(lr, batches)
-
-    monkeypatch.setattr(train_module, "Solver", Recording)
+    rates = record_rates(monkeypatch)
     resume(run, "solver.batch_size=48", "solver.iter_size=8")
     # 48 examples of 200 done: the clock reads 2 epochs and a fraction of the third
     assert len(rates) == 1 and 0.1 * (1 - 2.5 / 3) < rates[0] < 0.1 * (1 - 2 / 3)
