@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,13 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError, DataError
-from .files import remove_stale_temps, replacing
+from .files import is_stale_temp, remove_stale_temps, replacing
+
+# what bpnet writes in a run folder and in its checkpoints/, by name or glob pattern
+RUN_FILES = ("metrics.csv", "config.yaml")
+CHECKPOINT_FILES = ("ckpt-*.npz", "best.npz")
+WRITE_PROBE = ".bpnet-write-test"
+NAME_MAX = 255  # bytes in one folder name, on the common file systems
 
 
 def set_threads(n):
@@ -38,7 +45,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                               source="--out")
         run_dir = Path(resume)
         config = config or run_dir / "config.yaml"
-        if not ((run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir()):
+        if not _is_run(run_dir):
             raise BpnetError("not a run folder (config.yaml and checkpoints/) to resume",
                              source=run_dir)
     if config is None:
@@ -46,15 +53,13 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     cfg = load_config(config, overrides)
     if resume is None:
         run_dir = Path(out) if out else run_folder(cfg["name"], config)
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise BpnetError("already holds a run; choose another --out, or continue it with "
-                             "--resume", source=run_dir)
+        _check_new_run_folder(run_dir)
     if threads:
         cfg["threads"] = threads
     set_threads(cfg["threads"])
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".bpnet-write-test"
+        probe = run_dir / WRITE_PROBE
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -65,9 +70,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         progress = None if quiet else "bar" if sys.stderr.isatty() else "lines"
     trainer = Trainer(session, run_dir, log=log, progress=progress)
     if resume is not None:
-        # left by a kill in mid-write; only the names bpnet writes, never a user's files
-        remove_stale_temps(run_dir, ("metrics.csv", "config.yaml"))
-        remove_stale_temps(run_dir / "checkpoints", ("ckpt-*.npz", "best.npz"))
+        _remove_stale_temps(run_dir)
         found = ckpt.list_checkpoints(run_dir / "checkpoints")
         if found:
             trainer.resume(found[-1])
@@ -85,6 +88,43 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     return run_dir, rows
 
 
+def _is_run(folder):
+    try:
+        return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        return False
+
+
+def _check_new_run_folder(run_dir):
+    """Refuse a folder that holds anything but what a kill before the run's config was
+    written can leave (bpnet's temp files, an empty checkpoints/), and clear that."""
+    def leftover(entry):
+        if entry.name == "checkpoints" and entry.is_dir():
+            return all(is_stale_temp(e.name, CHECKPOINT_FILES) for e in entry.iterdir())
+        return entry.name == WRITE_PROBE or is_stale_temp(entry.name, RUN_FILES)
+
+    try:
+        if not run_dir.exists():
+            return
+        if not run_dir.is_dir():
+            raise BpnetError("is a file, not a folder for a run; choose another --out or name",
+                             source=run_dir)
+        if not all(leftover(entry) for entry in run_dir.iterdir()):
+            raise BpnetError("already holds a run; choose another --out, or continue it with "
+                             "--resume", source=run_dir)
+        _remove_stale_temps(run_dir)
+        (run_dir / WRITE_PROBE).unlink(missing_ok=True)
+    except OSError as e:
+        raise BpnetError(f"cannot use the output folder: {e.strerror or e}",
+                         source=run_dir) from None
+
+
+def _remove_stale_temps(run_dir):
+    """Temp files left by a kill in mid-write; only the names bpnet writes, never a user's."""
+    remove_stale_temps(run_dir, RUN_FILES)
+    remove_stale_temps(run_dir / "checkpoints", CHECKPOINT_FILES)
+
+
 SPLITS = ("train", "val", "test")
 
 
@@ -93,6 +133,15 @@ def run_folder(name, source=None):
     if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
         raise ConfigError(f"found {name!r}, expected a folder name without / or \\ (the run goes "
                           f"to runs/NAME), or give --out", source=source, where="name")
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeError:
+        raise ConfigError(f"found {name!r}, which this file system cannot store in a folder "
+                          f"name, or give --out", source=source, where="name") from None
+    if size > NAME_MAX:
+        raise ConfigError(f"is {size} bytes long, expected at most {NAME_MAX} "
+                          f"(the run goes to runs/NAME), or give --out", source=source,
+                          where="name")
     return Path("runs") / name
 
 

@@ -273,6 +273,18 @@ def main(argv=None):
             raise
         click.echo(f"Error: out of memory: {e or 'an array did not fit'}", err=True)
         sys.exit(2)
+    except OSError as e:  # a path the system refuses outright: too long, a loop of links
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename is not None else ""
+        click.echo(f"Error: {where}{e.strerror or e}", err=True)
+        sys.exit(2)
+    except UnicodeEncodeError as e:  # a path with characters the file system cannot store
+        if debug:
+            raise
+        click.echo(f"Error: {e.object!r}: cannot be written in the {e.encoding} encoding of "
+                   f"file names", err=True)
+        sys.exit(2)
 
 
 def _usage_hint(e):

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from fnmatch import fnmatch
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,8 +50,17 @@ def remove_stale_temps(folder, names):
     """Delete the temp files a killed write of ``names`` (file names or glob patterns, such as
     ``ckpt-*.npz``) left in ``folder``: they were never renamed into place."""
     for name in names:
-        for tmp in Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"):
+        for tmp in Path(folder).glob(_temp_pattern(name)):
             tmp.unlink(missing_ok=True)
+
+
+def is_stale_temp(file_name, names):
+    """Whether ``file_name`` is the temp file of a write of one of ``names``."""
+    return any(fnmatch(file_name, _temp_pattern(name)) for name in names)
+
+
+def _temp_pattern(name):
+    return f".{name}.*{TEMP_SUFFIX}"
 
 
 def _umask():

@@ -349,6 +349,38 @@ def test_load_run_of_a_config_raises_a_bpnet_error(tmp_path):
         api.load_run(net_config(tmp_path))
 
 
+# ----- paths the file system refuses --------------------------------------------------------
+
+LONG = "a" * 300  # over the 255 bytes a folder name may have
+
+
+@pytest.mark.parametrize("args", [["eval", LONG], ["train", "--resume", LONG],
+                                  ["predict", LONG, "x.npz", "--out", "p.csv"],
+                                  ["gradcheck", LONG], ["train", "CONFIG", "--out", LONG]])
+def test_a_path_too_long_is_one_line_naming_it(tmp_path, capsys, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    config = net_config(tmp_path)
+    line = bpnet_fails(capsys, *[config if a == "CONFIG" else a for a in args])
+    assert LONG in line
+
+
+@pytest.mark.parametrize("name,words", [(LONG, "300 bytes"), ("\\ud800", "cannot store")])
+def test_a_run_name_no_folder_can_have_is_refused_naming_the_key(tmp_path, capsys, monkeypatch,
+                                                                  name, words):
+    monkeypatch.chdir(tmp_path)
+    line = bpnet_fails(capsys, "train", net_config(tmp_path), "--set", f'name="{name}"')
+    assert "relu.yaml: name:" in line and words in line
+
+
+def test_a_file_where_the_run_folder_would_go_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "relu").write_text("mine")
+    line = bpnet_fails(capsys, "train", net_config(tmp_path))
+    assert "runs/relu: is a file" in line
+    assert (tmp_path / "runs" / "relu").read_text() == "mine"
+
+
 # ----- writing whole files ------------------------------------------------------------------
 
 def test_an_output_through_a_symlink_replaces_the_target_and_keeps_its_mode(tmp_path):

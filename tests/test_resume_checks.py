@@ -15,7 +15,7 @@ from bpnet import api
 from bpnet import checkpoint as ckpt
 from bpnet import files
 from bpnet.config import load_config
-from bpnet.errors import CheckpointError, ConfigError
+from bpnet.errors import BpnetError, CheckpointError, ConfigError
 from bpnet.session import open_session
 from bpnet.solver import learning_rate
 
@@ -429,6 +429,26 @@ def test_stale_temps_of_bpnet_writes_are_removed_and_nothing_else(tmp_path):
     files.remove_stale_temps(tmp_path, ("ckpt-*.npz", "best.npz"))
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
+
+
+def test_a_run_killed_while_writing_its_first_config_can_be_started_again(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in (".config.yaml.k3j4.tmp", ".bpnet-write-test", "checkpoints/.best.npz.q1.tmp"):
+        (run / name).write_text("half")
+    api.train(write_tiny(tmp_path), out=run, quiet=True)
+    assert (run / "config.yaml").is_file() and ckpt.list_checkpoints(run / "checkpoints")
+    assert not list(run.glob(".*")) and not list(run.glob("checkpoints/.*"))
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "checkpoints/ckpt-00000013.npz", "config.yaml"])
+def test_a_folder_with_anything_else_in_it_is_refused_for_a_new_run(tmp_path, name):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / name).write_text("mine")
+    with pytest.raises(BpnetError, match="already holds a run"):
+        api.train(write_tiny(tmp_path), out=run, quiet=True)
+    assert (run / name).read_text() == "mine"
 
 
 # ----- 9. an overflowing learning rate ----------------------------------------------------------
