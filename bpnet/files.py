@@ -1,5 +1,6 @@
 """Files written whole or not at all: checkpoints, metrics, configs, predictions, figures."""
 
+import errno
 import os
 import tempfile
 from fnmatch import fnmatch
@@ -15,29 +16,43 @@ TEMP_SUFFIX = ".tmp"
 def replacing(path, error=BpnetError):
     """A binary file whose contents replace ``path`` once written whole: a temp file beside it,
     fsync, rename, fsync of the folder. A crash at any instant leaves the old file or the new
-    one; a failed write (a full disk) raises ``error`` naming ``path``, and leaves the old
-    file as it was and no temp file.
+    one; a failed write (a full disk, a read-only file) raises ``error`` naming ``path``, and
+    leaves the old file as it was and no temp file.
     """
-    path = Path(path).resolve()  # through a symlink, to the file it names, as open() would
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        target = _target(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            if not os.access(target, os.W_OK):  # a rename would replace it; open() would not
+                raise PermissionError(errno.EACCES, "the file is read-only")
+            mode = target.stat().st_mode & 0o7777
+        else:
+            mode = 0o666 & ~_umask()
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
+                                   dir=target.parent)
         os.chmod(tmp, mode)  # mkstemp makes 0600: keep the old file's mode, else an ordinary one
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
         tmp = None
-        _fsync_dir(path.parent)
+        _fsync_dir(target.parent)
     except OSError as e:
         raise error(f"cannot write: {e.strerror or e}; what was written before is untouched",
                     source=path) from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _target(path):
+    """The file ``path`` names, through symlinks, as open() would find it."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:  # before Python 3.13, a loop of symlinks
+        raise OSError(errno.ELOOP, "a loop of symbolic links") from None
 
 
 def write_text(path, text):

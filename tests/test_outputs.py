@@ -392,3 +392,24 @@ def test_an_output_through_a_symlink_replaces_the_target_and_keeps_its_mode(tmp_
     write_text(link, "new\n")
     assert link.is_symlink() and target.read_text() == "new\n"
     assert target.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_loop_of_symlinks_is_an_error_naming_the_path_given(tmp_path):
+    from bpnet.files import write_text
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(BpnetError, match="loop of symbolic links") as info:
+        write_text(tmp_path / "a", "new\n")
+    assert info.value.source == str(tmp_path / "a")
+
+
+def test_a_read_only_file_is_not_replaced(tmp_path, monkeypatch):
+    from bpnet import files
+    kept = tmp_path / "predictions.csv"
+    kept.write_text("old\n")
+    kept.chmod(0o444)
+    if os.geteuid() == 0:  # root may write anything: make this file one it may not
+        monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != kept)
+    with pytest.raises(BpnetError, match="read-only"):
+        files.write_text(kept, "new\n")
+    assert kept.read_text() == "old\n" and os.listdir(tmp_path) == ["predictions.csv"]
