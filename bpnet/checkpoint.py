@@ -61,6 +61,17 @@ def load(path):
     return arrays, meta
 
 
+def as_finite(array, dtype, what, path):
+    """``array`` cast to ``dtype``, or a CheckpointError unless every value is finite there:
+    bpnet never saves NaN or infinity, and a float64 1e300 is infinite as float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(dtype)
+    if not np.isfinite(cast).all():
+        raise CheckpointError(f"{what} holds NaN or infinite values (as {np.dtype(dtype)}) in the "
+                              f"checkpoint", source=path)
+    return cast
+
+
 def _number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -82,7 +93,7 @@ META_CHECKS = {
     "position": (_count, "a non-negative integer"),
     "rows": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of rows"),
     "sums": (lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in SUMS), "epoch sums"),
-    "best_val": (lambda v: v is None or _number(v), "a number or null"),
+    "best_val": (lambda v: v is None or (_number(v) and math.isfinite(v)), "a number or null"),
     "shuffle_rng": (lambda v: isinstance(v, dict), "a generator state"),
     "dropout_rng": (lambda v: isinstance(v, dict), "a generator state"),
     "newbob": (lambda v: v is None or isinstance(v, dict), "a newbob state or null"),

@@ -9,6 +9,7 @@ derivative and the bias gradient). Layers remain usable on their own through the
 
 import numpy as np
 
+from .checkpoint import as_finite
 from .errors import CheckpointError, ShapeError
 from . import kernels
 from .layers import Activation, Affine
@@ -154,7 +155,9 @@ class Net:
 
     def load_state_dict(self, arrays, source=None):
         """Copy arrays into the parameters; every name must be present with the same shape,
-        real floating and finite. All are checked before any is copied."""
+        real floating and finite in this network's dtype. All are checked before any is
+        copied."""
+        cast = {}
         for name, p in self.params.items():
             if name not in arrays:
                 raise CheckpointError(f"parameter {name!r} is missing (the checkpoint has: "
@@ -166,11 +169,9 @@ class Net:
             if a.shape != p.data.shape:
                 raise CheckpointError(f"parameter {name!r} has shape {a.shape} in the checkpoint but "
                                       f"{p.data.shape} in this network", source=source)
-            if not np.isfinite(a).all():  # bpnet never saves these: the file is damaged
-                raise CheckpointError(f"parameter {name!r} holds NaN or infinite values in the "
-                                      f"checkpoint", source=source)
+            cast[name] = as_finite(a, p.data.dtype, f"parameter {name!r}", source)
         for name, p in self.params.items():
-            p.data[...] = arrays[name]
+            p.data[...] = cast[name]
 
     def astype(self, dtype):
         """Convert every layer and parameter (float64 for gradient checks)."""

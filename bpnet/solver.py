@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import kernels
+from .checkpoint import as_finite
 from .errors import CheckpointError, describe
 
 
@@ -68,7 +69,7 @@ class Solver:
         """Copy a ``state_arrays`` dict in, or raise a CheckpointError naming what does not fit;
         nothing is copied unless everything fits."""
         slots = {s for slots in self.state.values() for s in slots}
-        found = {k.rpartition("/")[2] for k in arrays if k != "steps"}
+        found, cast = {k.rpartition("/")[2] for k in arrays if k != "steps"}, {}
         if found != slots:  # m and v of Adam are not momentum: never load one as the other
             held = ", ".join(sorted(found)) or "none"
             raise CheckpointError(f"the checkpoint holds {_kind(found)} state (slots {held}), the "
@@ -83,9 +84,10 @@ class Solver:
                     raise CheckpointError(f"solver state {key!r} is a {b.dtype} array of shape "
                                           f"{b.shape}, expected {a.dtype} of shape {a.shape}",
                                           source=source)
-                if not np.isfinite(b).all():  # bpnet never saves these: the file is damaged
-                    raise CheckpointError(f"solver state {key!r} holds NaN or infinite values",
-                                          source=source)
+                cast[key] = as_finite(b, a.dtype, f"solver state {key!r}", source)
+                if found == {"m", "v"} and slot == "v" and (cast[key] < 0).any():
+                    raise CheckpointError(f"solver state {key!r} holds negative values, "
+                                          f"expected Adam's mean squared gradients", source=source)
         steps = arrays.get("steps")
         if steps is None or steps.shape != () or not np.issubdtype(steps.dtype, np.integer) \
                 or steps < 0:
@@ -93,7 +95,7 @@ class Solver:
                                   f"non-negative integer scalar", source=source)
         for name, slots in self.state.items():
             for slot, a in slots.items():
-                a[...] = arrays[f"{name}/{slot}"]
+                a[...] = cast[f"{name}/{slot}"]
         self.steps = int(steps)
 
 

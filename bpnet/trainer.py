@@ -163,8 +163,8 @@ class Trainer:
         self._reset_sums()
         self._check_finite()
         # a rejected epoch's weights were just replaced by the best ones: never best.npz
-        improved = accepted and row.get("val_loss") is not None and (
-            self.best_val is None or row["val_loss"] < self.best_val)
+        improved = accepted and row.get("val_loss") is not None and math.isfinite(
+            row["val_loss"]) and (self.best_val is None or row["val_loss"] < self.best_val)
         if improved:
             self.best_val = row["val_loss"]
         last = stop or self.epoch == self.s["epochs"]
@@ -309,8 +309,12 @@ class Trainer:
                                   f"but has no 'order'", source=path)
         shuffle_state = ckpt.check_generator_state(self.shuffle_rng, meta, "shuffle_rng", path)
         dropout_state = ckpt.check_generator_state(self.net.dropout_rng, meta, "dropout_rng", path)
-        if self.newbob and meta["newbob"]:
+        if self.newbob and meta["newbob"] is not None:  # None: the run switches to newbob now
             self.newbob.load_state(meta["newbob"], path)
+            if (self.newbob.stopped or 0) > meta["epoch"]:
+                raise CheckpointError(f"corrupt checkpoint: newbob stopped after epoch "
+                                      f"{self.newbob.stopped}, of {meta['epoch']} done",
+                                      source=path)
             self.best = ckpt.with_prefix(arrays, "best")
             try:  # loading the best weights checks them; the current ones then overwrite them
                 self._restore(self.best)

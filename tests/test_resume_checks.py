@@ -138,6 +138,10 @@ BAD_ENTRIES = [
     (_array("solver/steps", np.array(-1)), "'steps'"),
     (lambda a, m: a.pop("solver/steps"), "'steps'"),
     (_array("solver/fc1.W/v", np.full((16, 10), np.inf, np.float32)), "'fc1.W/v'"),
+    # finite in the file, infinite in the float32 network
+    (_array("param/fc1.W", np.full((16, 10), 1e300)), "'fc1.W' holds .* float32"),
+    (_array("solver/fc1.W/v", np.full((16, 10), -1e300)), "'fc1.W/v' holds .* float32"),
+    (_set("best_val", float("nan")), "'best_val'"),
 ]
 
 
@@ -165,6 +169,38 @@ def test_bad_newbob_state_is_a_checkpoint_error(tmp_path, key, value):
     tamper(run, lambda a, m: m["newbob"].__setitem__(key, value))
     with pytest.raises(CheckpointError, match=f"newbob state '{key}'"):
         resume(run)
+
+
+@pytest.mark.parametrize("change,words", [
+    (_set("newbob", {}), "newbob state 'lr'"),
+    (lambda a, m: m["newbob"].__setitem__("stopped", 3), "newbob stopped after epoch 3, of 2"),
+])
+def test_a_newbob_state_that_is_empty_or_ahead_of_the_run_is_refused(tmp_path, change, words):
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                       overrides=["solver.lr_policy=newbob"])
+    tamper(run, change)
+    with pytest.raises(CheckpointError, match=words):
+        resume(run, "solver.epochs=4")
+
+
+def test_a_run_may_switch_to_newbob_at_resume(run):
+    _, rows = resume(run, "solver.lr_policy=newbob")
+    assert len(rows) == 3
+
+
+def test_negative_adam_second_moments_are_refused(tmp_path):
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                       overrides=["solver.type=adam", "solver.lr=0.01"])
+    tamper(run, _array("solver/fc1.W/v", np.full((16, 10), -1.0, np.float32)))
+    with pytest.raises(CheckpointError, match="'fc1.W/v' holds negative values"):
+        resume(run)
+
+
+def test_a_non_finite_validation_loss_is_never_best(tmp_path, monkeypatch):
+    scripted_val(monkeypatch, [float("nan"), float("inf"), 0.9])
+    run, rows = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                          overrides=["solver.epochs=3"])
+    assert ckpt.load(run / "checkpoints" / "best.npz")[1]["best_val"] == 0.9
 
 
 def test_a_changed_training_set_in_mid_epoch_names_the_data(run):
