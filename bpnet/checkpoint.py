@@ -72,12 +72,26 @@ def as_finite(array, dtype, what, path):
     return cast
 
 
-def _number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+MAX_COUNT = 2 ** 62  # epochs, iterations, steps: far beyond any run, and int64 arithmetic holds
 
 
-def _count(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+def is_number(v):
+    """A JSON number that a float holds (10**400 is an int no float can hold)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
+def is_finite(v):
+    return is_number(v) and math.isfinite(v)
+
+
+def is_count(v, least=0):
+    return isinstance(v, int) and not isinstance(v, bool) and least <= v < MAX_COUNT
 
 
 def _layers(v):
@@ -88,22 +102,23 @@ def _layers(v):
 # What a resume reads from meta, and what each must be. Keys written by later versions of
 # format 1 (solver, batch_size) are optional so earlier checkpoints still resume.
 META_CHECKS = {
-    "epoch": (_count, "a non-negative integer"),
-    "iteration": (_count, "a non-negative integer"),
-    "position": (_count, "a non-negative integer"),
+    "epoch": (is_count, "a non-negative integer"),
+    "iteration": (is_count, "a non-negative integer"),
+    "position": (is_count, "a non-negative integer"),
     "rows": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of rows"),
-    "sums": (lambda v: isinstance(v, dict) and all(_number(v.get(k)) for k in SUMS), "epoch sums"),
-    "best_val": (lambda v: v is None or (_number(v) and math.isfinite(v)), "a number or null"),
+    "sums": (lambda v: isinstance(v, dict) and all(is_finite(v.get(k)) for k in SUMS),
+             "epoch sums"),
+    "best_val": (lambda v: v is None or is_finite(v), "a finite number or null"),
     "shuffle_rng": (lambda v: isinstance(v, dict), "a generator state"),
     "dropout_rng": (lambda v: isinstance(v, dict), "a generator state"),
     "newbob": (lambda v: v is None or isinstance(v, dict), "a newbob state or null"),
     "net": (_layers, "a list of layers with name and type"),
     "loss": (lambda v: isinstance(v, str), "a loss name"),
-    "n_in": (_count, "a non-negative integer"),
+    "n_in": (is_count, "a non-negative integer"),
 }
 OPTIONAL_META_CHECKS = {
     "solver": (lambda v: isinstance(v, str), "a solver type"),
-    "batch_size": (lambda v: _count(v) and v > 0, "a positive integer"),
+    "batch_size": (lambda v: is_count(v, 1), "a positive integer"),
 }
 SUMS = ("loss", "correct", "units", "samples", "skipped", "seconds", "lr")
 
@@ -125,7 +140,7 @@ def check_meta(meta, path, columns):
         raise CheckpointError(f"corrupt checkpoint: {len(meta['rows'])} metrics rows for "
                               f"{meta['epoch']} finished epochs", source=path)
     for i, row in enumerate(meta["rows"]):
-        if not set(row) <= set(columns) or not all(v is None or _number(v) for v in row.values()):
+        if not set(row) <= set(columns) or not all(v is None or is_number(v) for v in row.values()):
             raise CheckpointError(f"corrupt checkpoint: metrics row {i + 1} is {describe(row)}",
                                   source=path)
 

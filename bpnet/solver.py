@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import kernels
-from .checkpoint import as_finite
+from .checkpoint import MAX_COUNT, as_finite, is_count, is_finite, is_number
 from .errors import CheckpointError, describe
 
 
@@ -90,7 +90,7 @@ class Solver:
                                           f"expected Adam's mean squared gradients", source=source)
         steps = arrays.get("steps")
         if steps is None or steps.shape != () or not np.issubdtype(steps.dtype, np.integer) \
-                or steps < 0:
+                or not 0 <= steps < MAX_COUNT:
             raise CheckpointError(f"solver state 'steps' is {describe(steps)}, expected a "
                                   f"non-negative integer scalar", source=source)
         for name, slots in self.state.items():
@@ -145,13 +145,20 @@ class Newbob:
 
     def after_epoch(self, epoch, val_loss):
         """Returns (accepted, stop). ``epoch`` counts from 1; ``best_loss`` starts at the
-        validation loss of the initial weights."""
+        validation loss of the initial weights (infinite if that is not finite)."""
         c = self.cfg
         previous = self.best_loss
-        accepted = val_loss < previous or epoch <= max(c["keep_lr_epochs"], c["min_epochs"])
+        # a NaN or infinite loss is never accepted: the weights go back to the best ones
+        accepted = math.isfinite(val_loss) and (
+            val_loss < previous or epoch <= max(c["keep_lr_epochs"], c["min_epochs"]))
         if accepted:
             self.best_loss = val_loss
-        improvement = (previous - self.best_loss) / previous if previous else 0.0
+        if not accepted or not previous:
+            improvement = 0.0
+        elif previous == math.inf:  # the first finite loss
+            improvement = 1.0
+        else:
+            improvement = (previous - self.best_loss) / previous
         if self.halving and improvement < c["end_halving"] and epoch > c["min_epochs"]:
             self.stopped = epoch
             return accepted, True
@@ -167,10 +174,11 @@ class Newbob:
 
     def load_state(self, state, source=None):
         """Take a ``state()`` dict, or raise a CheckpointError naming the bad entry."""
-        checks = {"lr": lambda v: _number(v) and 0 < v < math.inf,
+        checks = {"lr": lambda v: is_finite(v) and v > 0,
                   "halving": lambda v: isinstance(v, bool),
-                  "best_loss": lambda v: v is None or (_number(v) and math.isfinite(v)),
-                  "stopped": lambda v: v is None or (_number(v) and isinstance(v, int) and v >= 1)}
+                  # infinite while no validation loss has been finite
+                  "best_loss": lambda v: v is None or (is_number(v) and 0 <= v <= math.inf),
+                  "stopped": lambda v: v is None or is_count(v, 1)}
         for key, ok in checks.items():
             # "stopped" came later in format 1: earlier checkpoints lack it
             if (key not in state and key != "stopped") or not ok(state.get(key)):
@@ -178,7 +186,3 @@ class Newbob:
                                       f"{describe(state.get(key))}", source=source)
         self.lr, self.halving, self.best_loss = state["lr"], state["halving"], state["best_loss"]
         self.stopped = state.get("stopped")
-
-
-def _number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)

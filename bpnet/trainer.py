@@ -80,7 +80,8 @@ class Trainer:
 
     def _epochs(self):
         if self.newbob and self.newbob.best_loss is None:
-            self.newbob.best_loss = evaluate(self.net, self.val_set)["loss"]
+            loss = evaluate(self.net, self.val_set)["loss"]
+            self.newbob.best_loss = loss if math.isfinite(loss) else math.inf
             self.best = self._snapshot()
         while not self.finished():
             if self.order is None:

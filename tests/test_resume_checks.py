@@ -142,6 +142,11 @@ BAD_ENTRIES = [
     (_array("param/fc1.W", np.full((16, 10), 1e300)), "'fc1.W' holds .* float32"),
     (_array("solver/fc1.W/v", np.full((16, 10), -1e300)), "'fc1.W/v' holds .* float32"),
     (_set("best_val", float("nan")), "'best_val'"),
+    # numbers no float or int64 holds
+    (_set("best_val", 10 ** 400), "'best_val'"),
+    (lambda a, m: m["sums"].__setitem__("loss", 10 ** 400), "'sums'"),
+    (_set("iteration", 2 ** 63), "'iteration'"),
+    (_array("solver/steps", np.array(2 ** 63 - 1)), "'steps'"),
 ]
 
 
@@ -162,7 +167,8 @@ def test_bad_newbob_best_weights_are_a_checkpoint_error(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("lr", float("inf")), ("best_loss", float("nan")),
-                                       ("stopped", -1), ("halving", 1)])
+                                       ("stopped", -1), ("halving", 1), ("lr", 10 ** 400),
+                                       ("best_loss", 10 ** 400), ("best_loss", -1.0)])
 def test_bad_newbob_state_is_a_checkpoint_error(tmp_path, key, value):
     run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
                        overrides=["solver.lr_policy=newbob"])
@@ -194,6 +200,18 @@ def test_negative_adam_second_moments_are_refused(tmp_path):
     tamper(run, _array("solver/fc1.W/v", np.full((16, 10), -1.0, np.float32)))
     with pytest.raises(CheckpointError, match="'fc1.W/v' holds negative values"):
         resume(run)
+
+
+def test_newbob_never_accepts_a_non_finite_validation_loss_and_stays_resumable(
+        tmp_path, monkeypatch):
+    nan = float("nan")
+    scripted_val(monkeypatch, [nan, nan, 0.9])  # the initial weights, epoch 1, epoch 2
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                       overrides=[*NEWBOB, "solver.newbob.keep_lr_epochs=1"])
+    meta = ckpt.load(newest(run))[1]
+    assert meta["newbob"]["best_loss"] == 0.9 and meta["best_val"] == 0.9
+    _, rows = api.train(resume=run, overrides=["solver.epochs=3"], quiet=True)
+    assert len(rows) == 3
 
 
 def test_a_non_finite_validation_loss_is_never_best(tmp_path, monkeypatch):
