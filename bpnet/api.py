@@ -11,13 +11,12 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError, DataError
-from .files import is_stale_temp, remove_stale_temps, replacing
+from .files import NAME_MAX, is_stale_temp, remove_stale_temps, replacing
 
 # what bpnet writes in a run folder and in its checkpoints/, by name or glob pattern
 RUN_FILES = ("metrics.csv", "config.yaml")
 CHECKPOINT_FILES = ("ckpt-*.npz", "best.npz")
 WRITE_PROBE = ".bpnet-write-test"
-NAME_MAX = 255  # bytes in one folder name, on the common file systems
 
 
 def set_threads(n):
@@ -138,6 +137,9 @@ def run_folder(name, source=None):
     except UnicodeError:
         raise ConfigError(f"found {name!r}, which this file system cannot store in a folder "
                           f"name, or give --out", source=source, where="name") from None
+    if not name.isprintable():  # a line break or escape in a folder name breaks every message
+        raise ConfigError(f"found {name!r}, expected a folder name without control characters, "
+                          f"or give --out", source=source, where="name")
     if size > NAME_MAX:
         raise ConfigError(f"is {size} bytes long, expected at most {NAME_MAX} "
                           f"(the run goes to runs/NAME), or give --out", source=source,

@@ -26,9 +26,9 @@ def _delimiter(v):
 
 
 FORMATS = {
-    "idx": {"images": Option(spec.text), "labels": Option(spec.text)},
-    "npz": {"path": Option(spec.text), "x": Option(spec.text, "x"), "y": Option(spec.text, "y")},
-    "csv": {"path": Option(spec.text),
+    "idx": {"images": Option(spec.path), "labels": Option(spec.path)},
+    "npz": {"path": Option(spec.path), "x": Option(spec.text, "x"), "y": Option(spec.text, "y")},
+    "csv": {"path": Option(spec.path),
             "label": Option(spec.either(spec.integer(), spec.text,
                                         spec.list_of(spec.either(spec.integer(), spec.text), 1))),
             "header": Option(spec.either(spec.choice("auto"), spec.boolean), "auto"),

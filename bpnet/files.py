@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import BpnetError
 
 TEMP_SUFFIX = ".tmp"
+NAME_MAX = 255  # bytes in one file name, on the common file systems
 
 
 @contextmanager
@@ -29,7 +30,7 @@ def replacing(path, error=BpnetError):
             mode = target.stat().st_mode & 0o7777
         else:
             mode = 0o666 & ~_umask()
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=TEMP_SUFFIX,
                                    dir=target.parent)
         os.chmod(tmp, mode)  # mkstemp makes 0600: keep the old file's mode, else an ordinary one
         with os.fdopen(fd, "wb") as f:
@@ -50,9 +51,23 @@ def replacing(path, error=BpnetError):
 def _target(path):
     """The file ``path`` names, through symlinks, as open() would find it."""
     try:
+        os.stat(path)  # a loop of symlinks: ELOOP, which Path.resolve() hides from Python 3.13
+    except FileNotFoundError:
+        pass  # a new file, or a link to one
+    try:
         return Path(path).resolve()
-    except RuntimeError:  # before Python 3.13, a loop of symlinks
+    except RuntimeError:  # a loop, before Python 3.13
         raise OSError(errno.ELOOP, "a loop of symbolic links") from None
+
+
+def _temp_prefix(name):
+    """``.NAME.``, unless the temp name would be longer than a file name may be (255 bytes:
+    the prefix, 8 random characters and .tmp); only bpnet's own short names are ever cleaned
+    up by ``remove_stale_temps``, so a long one may be shortened."""
+    prefix = f".{name}."
+    if len(os.fsencode(prefix)) + 8 + len(TEMP_SUFFIX) > NAME_MAX:
+        prefix = ".bpnet-write."
+    return prefix
 
 
 def write_text(path, text):

@@ -6,6 +6,7 @@ found and what was expected. Unknown keys are rejected with the valid ones liste
 """
 
 import math
+import os
 import re
 
 from .errors import ConfigError, describe
@@ -136,6 +137,18 @@ def boolean(v):
 def text(v):
     if not isinstance(v, str) or not v:
         raise ValueError("a non-empty string")
+    return v
+
+
+def path(v):
+    """A file path: text the file system can store as a name."""
+    v = text(v)
+    try:
+        os.fsencode(v)
+    except UnicodeError:
+        raise ValueError("a path whose characters the file-name encoding can write") from None
+    if "\0" in v:
+        raise ValueError("a path without NUL characters")
     return v
 
 

@@ -364,12 +364,19 @@ def test_a_path_too_long_is_one_line_naming_it(tmp_path, capsys, monkeypatch, ar
     assert LONG in line
 
 
-@pytest.mark.parametrize("name,words", [(LONG, "300 bytes"), ("\\ud800", "cannot store")])
+@pytest.mark.parametrize("name,words", [(LONG, "300 bytes"), ("\\ud800", "cannot store"),
+                                        ("a\\nb", "control characters")])
 def test_a_run_name_no_folder_can_have_is_refused_naming_the_key(tmp_path, capsys, monkeypatch,
                                                                   name, words):
     monkeypatch.chdir(tmp_path)
     line = bpnet_fails(capsys, "train", net_config(tmp_path), "--set", f'name="{name}"')
     assert "relu.yaml: name:" in line and words in line
+
+
+def test_a_data_path_no_file_name_can_hold_is_refused_naming_the_key(tmp_path, capsys):
+    line = bpnet_fails(capsys, "train", net_config(tmp_path), "--set",
+                       'data.train={format: npz, path: "x\\ud800.npz"}')
+    assert "relu.yaml: data.train.path:" in line
 
 
 def test_a_file_where_the_run_folder_would_go_is_refused(tmp_path, capsys, monkeypatch):
@@ -398,9 +405,16 @@ def test_a_loop_of_symlinks_is_an_error_naming_the_path_given(tmp_path):
     from bpnet.files import write_text
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
-    with pytest.raises(BpnetError, match="loop of symbolic links") as info:
+    with pytest.raises(BpnetError, match="symbolic links") as info:
         write_text(tmp_path / "a", "new\n")
     assert info.value.source == str(tmp_path / "a")
+
+
+def test_an_output_name_near_the_length_limit_is_written(tmp_path):
+    from bpnet.files import write_text
+    long = tmp_path / ("p" * 250 + ".csv")  # 254 bytes: its temp file needs a shorter name
+    write_text(long, "new\n")
+    assert long.read_text() == "new\n" and os.listdir(tmp_path) == [long.name]
 
 
 def test_a_read_only_file_is_not_replaced(tmp_path, monkeypatch):
