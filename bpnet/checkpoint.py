@@ -7,8 +7,9 @@ Layout (every entry a plain array, so ``numpy.load(path, allow_pickle=False)`` r
 ``best/...``              for newbob, the last accepted weights and solver state
 ``order``                 the current epoch's shuffled example order (int64)
 ``meta``                  a JSON string: format, version, epoch, iteration, batch position,
-                          learning rate, generator states, newbob state, metrics rows so far,
-                          the network, loss, solver type and batch size it was trained with
+                          learning rate and the schedule's clock, generator states, newbob
+                          state, metrics rows so far, the network, loss, solver type, batch
+                          size and iter_size it was trained with
 
 ``load`` checks the container. A resume reads nothing unchecked: ``check_meta``, ``check_order``
 and ``check_generator_state`` turn a damaged or hand-made file into a CheckpointError instead
@@ -100,7 +101,8 @@ def _layers(v):
 
 
 # What a resume reads from meta, and what each must be. Keys written by later versions of
-# format 1 (solver, batch_size) are optional so earlier checkpoints still resume.
+# format 1 (solver, batch_size, iter_size, clock) are optional so earlier checkpoints still
+# resume.
 META_CHECKS = {
     "epoch": (is_count, "a non-negative integer"),
     "iteration": (is_count, "a non-negative integer"),
@@ -119,6 +121,8 @@ META_CHECKS = {
 OPTIONAL_META_CHECKS = {
     "solver": (lambda v: isinstance(v, str), "a solver type"),
     "batch_size": (lambda v: is_count(v, 1), "a positive integer"),
+    "iter_size": (lambda v: is_count(v, 1), "a positive integer"),
+    "clock": (lambda v: is_finite(v) and 0 <= v <= 1, "a share of an epoch, from 0 to 1"),
 }
 SUMS = ("loss", "correct", "units", "samples", "skipped", "seconds", "lr")
 

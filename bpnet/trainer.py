@@ -57,6 +57,7 @@ class Trainer:
             raise BpnetError("the newbob policy needs validation data: set data.val or "
                              "data.val_split", source=session.source, where="solver.lr_policy")
         self.epoch = self.iteration = self.position = 0
+        self.resumed_at = None  # (epoch fraction, batch) of a resume in mid-epoch, see _lr
         self.order, self.rows, self.best_val, self.best = None, [], None, None
         self._reset_sums()
         self._signal = None
@@ -160,7 +161,7 @@ class Trainer:
                 self._restore(self.best)
                 self.log(f"epoch {self.epoch + 1}: validation loss rose; back to the best weights")
         self.rows.append({c: row.get(c) for c in COLUMNS})
-        self.epoch, self.position, self.order = self.epoch + 1, 0, None
+        self.epoch, self.position, self.order, self.resumed_at = self.epoch + 1, 0, None, None
         self._reset_sums()
         self._check_finite()
         # a rejected epoch's weights were just replaced by the best ones: never best.npz
@@ -180,15 +181,22 @@ class Trainer:
     # ----- learning rate, progress, signals --------------------------------------------------
 
     def _lr(self):
-        """The rate of the next update. The schedule's clock counts updates, as Caffe's
-        iterations, in epochs: t = updates done / updates per epoch. Updates done in this epoch
-        follow from its batch position, so a resume with another batch_size or iter_size keeps
-        the clock near where it was; a fraction, not rounded up, so that it never runs ahead."""
+        """The rate of the next update (see _clock)."""
         if self.newbob:
             return self.newbob.lr
-        per_epoch = math.ceil(self.batches_per_epoch / self.s["iter_size"])
-        done = self.position / self.s["iter_size"]
-        return learning_rate(self.s, (self.epoch * per_epoch + done) / per_epoch)
+        return learning_rate(self.s, self.epoch + self._clock())
+
+    def _clock(self):
+        """The share of this epoch done, as the schedule reads it. The clock counts updates,
+        as Caffe's iterations, in epochs: updates done / updates per epoch. After a resume in
+        mid-epoch with another batch_size or iter_size it starts where the checkpoint left it,
+        and the epoch's remaining updates share the rest of the epoch."""
+        iter_size, batches = self.s["iter_size"], self.batches_per_epoch
+        if self.resumed_at is None:
+            return (self.position / iter_size) / math.ceil(batches / iter_size)
+        then, first = self.resumed_at
+        left = max(math.ceil((batches - first) / iter_size), 1)
+        return then + (1 - then) * ((self.position - first) / iter_size) / left
 
     def _checked_lr(self):
         lr = self._lr()
@@ -286,7 +294,8 @@ class Trainer:
                 "newbob": self.newbob.state() if self.newbob else None,
                 "net": [dict(layer) for layer in self.cfg["net"]["layers"]],
                 "loss": self.cfg["net"]["loss"], "n_in": self.net.n_in,
-                "solver": self.s["type"], "batch_size": self.s["batch_size"]}
+                "solver": self.s["type"], "batch_size": self.s["batch_size"],
+                "iter_size": self.s["iter_size"], "clock": self._clock()}
         path = self.run_dir / "checkpoints" / name
         ckpt.save(path, arrays, meta)
         if name != "best.npz":
@@ -323,6 +332,9 @@ class Trainer:
                 raise CheckpointError(f"newbob's best weights: {e.detail}", source=path) from None
         self._restore(arrays, path)
         self.epoch, self.iteration, self.position = meta["epoch"], meta["iteration"], position
+        then = (meta.get("batch_size"), meta.get("iter_size"))
+        if position and "clock" in meta and then != (self.s["batch_size"], self.s["iter_size"]):
+            self.resumed_at = (meta["clock"], position)
         self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
         self.shuffle_rng.bit_generator.state = shuffle_state
         self.net.dropout_rng.bit_generator.state = dropout_state

@@ -60,7 +60,7 @@ def tamper(run, change):
 def mid_epoch(arrays, meta, order=None, position=3):
     """Make a finished-epoch checkpoint look stopped ``position`` batches into epoch 3."""
     arrays["order"] = np.random.default_rng(1).permutation(N_TRAIN) if order is None else order
-    meta["position"] = position
+    meta["position"], meta["clock"] = position, min(position / BATCHES, 1)
 
 
 def resume(run, *overrides, log=None):
@@ -327,8 +327,23 @@ def test_schedule_clock_does_not_run_ahead_after_a_mid_epoch_resume_with_bigger_
     tamper(run, mid_epoch)
     rates = record_rates(monkeypatch)
     resume(run, "solver.batch_size=48", "solver.iter_size=8")
-    # 48 examples of 200 done: the clock reads 2 epochs and a fraction of the third
-    assert len(rates) == 1 and 0.1 * (1 - 2.5 / 3) < rates[0] < 0.1 * (1 - 2 / 3)
+    # the clock goes on from 3 of 13 updates into the third epoch of 3, the checkpoint's
+    assert rates == [pytest.approx(0.1 * (1 - (2 + 3 / 13) / 3))]
+
+
+@pytest.mark.parametrize("change", ["solver.iter_size=500", "solver.batch_size=24",
+                                    "solver.iter_size=2", "solver.batch_size=8"])
+def test_schedule_clock_goes_on_from_the_checkpoint_after_a_mid_epoch_resume(
+        tmp_path, monkeypatch, change):
+    # poly falls with every update; stopped 3 of 13 updates into epoch 3, resumed with other
+    # update sizes: the first rate is the one the run would have used next, then it falls
+    run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
+                       overrides=["solver.lr_policy=poly", "solver.power=1"])
+    tamper(run, mid_epoch)
+    rates = record_rates(monkeypatch)
+    resume(run, change)
+    assert rates[0] == pytest.approx(0.1 * (1 - (2 + 3 / 13) / 3))
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:]))
 
 
 def _trainer(run, *overrides):
