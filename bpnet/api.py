@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,13 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError, DataError
-from .files import NAME_MAX, is_stale_temp, remove_stale_temps, replacing
+from .files import NAME_MAX, hold_lock, is_stale_temp, remove_stale_temps, replacing
 
 # what bpnet writes in a run folder and in its checkpoints/, by name or glob pattern
 RUN_FILES = ("metrics.csv", "config.yaml")
 CHECKPOINT_FILES = ("ckpt-*.npz", "best.npz")
-WRITE_PROBE = ".bpnet-write-test"
+LOCK = ".bpnet-lock"  # held while a process trains the run
+WRITE_PROBE = ".bpnet-write-test"  # made and removed by earlier versions; a kill could leave it
 
 
 def set_threads(n):
@@ -52,39 +54,55 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     cfg = load_config(config, overrides)
     if resume is None:
         run_dir = Path(out) if out else run_folder(cfg["name"], config)
-        _check_new_run_folder(run_dir)
     if threads:
         cfg["threads"] = threads
     set_threads(cfg["threads"])
+    with _claimed(run_dir, new=resume is None):
+        session = open_session(cfg, source=config)
+        log = log or (lambda line: None if quiet else print(line, flush=True))
+        if progress is None:
+            progress = None if quiet else "bar" if sys.stderr.isatty() else "lines"
+        trainer = Trainer(session, run_dir, log=log, progress=progress)
+        if resume is not None:
+            _remove_stale_temps(run_dir)
+            found = ckpt.list_checkpoints(run_dir / "checkpoints")
+            if found:
+                trainer.resume(found[-1])
+                done = trainer.finished()
+                if done:  # config.yaml stays as it was: nothing ran under the new one
+                    log(f"not resuming {run_dir} from {found[-1].name}: {done}")
+                    return run_dir, trainer.rows
+                log(f"resuming {run_dir} from {found[-1].name}: epoch {trainer.epoch}, "
+                    f"iteration {trainer.iteration}")
+            else:  # stopped before its first checkpoint: nothing was lost but time
+                log(f"{run_dir} has no checkpoint yet; training from the start")
+        (run_dir / "checkpoints").mkdir(exist_ok=True)  # first: with config.yaml it marks a run
+        save_config(cfg, run_dir)
+        return run_dir, trainer.run()
+
+
+@contextmanager
+def _claimed(run_dir, new):
+    """The run folder, held by this process alone while the block runs (a lock on its
+    .bpnet-lock), so that two bpnet processes never write one run. A new run's folder is
+    checked under the lock: it must hold nothing, or only what a kill left before its config
+    was written."""
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise BpnetError("is a file, not a folder for a run; choose another --out or name",
+                             source=run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / WRITE_PROBE
-        probe.write_text("")
-        probe.unlink()
+        lock = open(run_dir / LOCK, "a")  # also shows that the folder is writable
     except OSError as e:
-        raise BpnetError(f"cannot write the output folder: {e.strerror or e}", source=run_dir) from None
-    session = open_session(cfg, source=config)
-    log = log or (lambda line: None if quiet else print(line, flush=True))
-    if progress is None:
-        progress = None if quiet else "bar" if sys.stderr.isatty() else "lines"
-    trainer = Trainer(session, run_dir, log=log, progress=progress)
-    if resume is not None:
-        _remove_stale_temps(run_dir)
-        found = ckpt.list_checkpoints(run_dir / "checkpoints")
-        if found:
-            trainer.resume(found[-1])
-            done = trainer.finished()
-            if done:  # config.yaml stays as it was: nothing ran under the new one
-                log(f"not resuming {run_dir} from {found[-1].name}: {done}")
-                return run_dir, trainer.rows
-            log(f"resuming {run_dir} from {found[-1].name}: epoch {trainer.epoch}, "
-                f"iteration {trainer.iteration}")
-        else:  # stopped before its first checkpoint: nothing was lost but time
-            log(f"{run_dir} has no checkpoint yet; training from the start")
-    (run_dir / "checkpoints").mkdir(exist_ok=True)  # first: with config.yaml it marks a run
-    save_config(cfg, run_dir)
-    rows = trainer.run()
-    return run_dir, rows
+        raise BpnetError(f"cannot write the output folder: {e.strerror or e}",
+                         source=run_dir) from None
+    with lock:
+        if not hold_lock(lock):
+            raise BpnetError("another bpnet process is training this run; wait for it to end, "
+                             "or choose another --out or name", source=run_dir)
+        if new:
+            _check_new_run_folder(run_dir)
+        yield
 
 
 def _is_run(folder):
@@ -100,14 +118,9 @@ def _check_new_run_folder(run_dir):
     def leftover(entry):
         if entry.name == "checkpoints" and entry.is_dir():
             return all(is_stale_temp(e.name, CHECKPOINT_FILES) for e in entry.iterdir())
-        return entry.name == WRITE_PROBE or is_stale_temp(entry.name, RUN_FILES)
+        return entry.name in (LOCK, WRITE_PROBE) or is_stale_temp(entry.name, RUN_FILES)
 
     try:
-        if not run_dir.exists():
-            return
-        if not run_dir.is_dir():
-            raise BpnetError("is a file, not a folder for a run; choose another --out or name",
-                             source=run_dir)
         if not all(leftover(entry) for entry in run_dir.iterdir()):
             raise BpnetError("already holds a run; choose another --out, or continue it with "
                              "--resume", source=run_dir)

@@ -84,6 +84,23 @@ def remove_stale_temps(folder, names):
             tmp.unlink(missing_ok=True)
 
 
+def hold_lock(file):
+    """Take an exclusive lock on an open file for as long as it stays open. False if another
+    process holds it; True when taken, and where the system has no locks (Windows, some
+    network file systems), where runs are not guarded."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def is_stale_temp(file_name, names):
     """Whether ``file_name`` is the temp file of a write of one of ``names``."""
     return any(fnmatch(file_name, _temp_pattern(name)) for name in names)

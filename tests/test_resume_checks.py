@@ -503,11 +503,32 @@ def test_stale_temps_of_bpnet_writes_are_removed_and_nothing_else(tmp_path):
 def test_a_run_killed_while_writing_its_first_config_can_be_started_again(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    for name in (".config.yaml.k3j4.tmp", ".bpnet-write-test", "checkpoints/.best.npz.q1.tmp"):
+    for name in (".config.yaml.k3j4.tmp", ".bpnet-write-test", ".bpnet-lock",
+                 "checkpoints/.best.npz.q1.tmp"):
         (run / name).write_text("half")
     api.train(write_tiny(tmp_path), out=run, quiet=True)
     assert (run / "config.yaml").is_file() and ckpt.list_checkpoints(run / "checkpoints")
-    assert not list(run.glob(".*")) and not list(run.glob("checkpoints/.*"))
+    assert [p.name for p in run.glob(".*")] == [".bpnet-lock"]
+    assert not list(run.glob("checkpoints/.*"))
+
+
+@pytest.mark.parametrize("new", [True, False])
+def test_a_run_another_process_is_training_is_refused_and_left_alone(run, tmp_path, new):
+    import fcntl
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with open(run / ".bpnet-lock", "a") as other:  # as a second process would hold it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(BpnetError, match="another bpnet process is training this run"):
+            if new:  # started at the same moment: the folder still looked empty
+                api.train(write_tiny(tmp_path), out=run, quiet=True)
+            else:
+                resume(run)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_folder_is_free_again_once_its_training_ended(run):
+    _, rows = resume(run)  # the finished 2-epoch run held and let go of the lock
+    assert len(rows) == 3 and (run / ".bpnet-lock").exists()
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "checkpoints/ckpt-00000013.npz", "config.yaml"])
