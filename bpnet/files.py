@@ -1,10 +1,11 @@
-"""Files written whole or not at all: checkpoints, metrics, configs, predictions, figures."""
+"""Files written whole or not at all (checkpoints, metrics, configs, predictions, figures), and
+the lock that keeps a run folder to one process."""
 
 import errno
 import os
 import tempfile
-from fnmatch import fnmatch
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 from .errors import BpnetError
