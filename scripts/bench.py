@@ -7,7 +7,8 @@ the same momentum SGD (learning rate, momentum, batch size, per-epoch shuffle or
 same number of threads. Each runner lives in its own worker process, started before the first epoch and kept
 until the last, so its peak RSS (``ru_maxrss``) is its own; the coordinator tells one worker at a
 time to run one epoch, rotating the order every epoch, so machine noise falls on all of them
-alike. A ``gemm`` worker runs exactly the matrix products of bpnet's epoch (same shapes, same
+alike, and waits a moment between epochs: BLAS and OpenMP threads spin for a while after their
+last product before they sleep, and would take the cores from the next runner. A ``gemm`` worker runs exactly the matrix products of bpnet's epoch (same shapes, same
 layouts, numpy/OpenBLAS) in the same rotation: that time is the GEMM floor.
 
 Also measured for bpnet itself (skip with --skip-cli): ``bpnet --help`` wall time, the fixed
@@ -42,6 +43,7 @@ NETS = {
     "sigmoid": ((1024,) * 4, "sigmoid", 256, 0.05),
 }
 MOMENTUM = 0.9
+SETTLE_S = 0.5  # between two runners' epochs: OpenBLAS and OpenMP threads stop spinning by then
 RUNNERS = ("bpnet", "torch", "sklearn", "numpy", "gemm")
 LABELS = {"bpnet": "bpnet", "torch": "PyTorch", "sklearn": "scikit-learn",
           "numpy": "plain numpy", "gemm": "GEMM floor"}
@@ -371,6 +373,7 @@ def bench_net(net, runners, epochs, threads, seed, log):
         for e in range(epochs + 1):  # epoch 0 is the warm-up
             turn = names[e % len(names):] + names[:e % len(names)]
             for r in turn:
+                time.sleep(SETTLE_S)
                 seconds = workers[r].ask(f"epoch {e}")["seconds"]
                 results[r]["epochs"].append(seconds)
                 log(f"  {net} epoch {e}{' (warm-up)' if e == 0 else ''} {r}: {seconds:.2f} s")
