@@ -12,7 +12,8 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError, DataError
-from .files import NAME_MAX, hold_lock, is_stale_temp, remove_stale_temps, replacing
+from .files import (NAME_MAX, hold_lock, is_stale_temp, open_lock_file, remove_stale_temps,
+                    replacing)
 
 # what bpnet writes in a run folder and in its checkpoints/, by name or glob pattern
 RUN_FILES = ("metrics.csv", "config.yaml")
@@ -86,22 +87,28 @@ def _claimed(run_dir, new):
     """The run folder, held by this process alone while the block runs (a lock on its
     .bpnet-lock), so that two bpnet processes never write one run. A new run's folder is
     checked under the lock: it must hold nothing, or only what a kill left before its config
-    was written."""
+    was written; a folder refused keeps no lock file of ours."""
     try:
         if run_dir.exists() and not run_dir.is_dir():
             raise BpnetError("is a file, not a folder for a run; choose another --out or name",
                              source=run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(run_dir / LOCK, "a")  # also shows that the folder is writable
     except OSError as e:
         raise BpnetError(f"cannot write the output folder: {e.strerror or e}",
                          source=run_dir) from None
-    with lock:
-        if not hold_lock(lock):
-            raise BpnetError("another bpnet process is training this run; wait for it to end, "
-                             "or choose another --out or name", source=run_dir)
-        if new:
-            _check_new_run_folder(run_dir)
+    path = run_dir / LOCK
+    made = not path.exists()
+    with open_lock_file(path) as lock:
+        try:
+            if not hold_lock(lock):
+                raise BpnetError("another bpnet process is training this run; wait for it to "
+                                 "end, or choose another --out or name", source=run_dir)
+            if new:
+                _check_new_run_folder(run_dir)
+        except BpnetError:
+            if made:
+                path.unlink(missing_ok=True)
+            raise
         yield
 
 

@@ -101,7 +101,7 @@ def _layers(v):
 
 
 # What a resume reads from meta, and what each must be. Keys written by later versions of
-# format 1 (solver, batch_size, iter_size, clock) are optional so earlier checkpoints still
+# format 1 (solver, batch_size, iter_size, clock, resumed_at) are optional so earlier checkpoints still
 # resume.
 META_CHECKS = {
     "epoch": (is_count, "a non-negative integer"),
@@ -123,6 +123,9 @@ OPTIONAL_META_CHECKS = {
     "batch_size": (lambda v: is_count(v, 1), "a positive integer"),
     "iter_size": (lambda v: is_count(v, 1), "a positive integer"),
     "clock": (lambda v: is_finite(v) and 0 <= v <= 1, "a share of an epoch, from 0 to 1"),
+    "resumed_at": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and is_finite(v[0])
+                                           and 0 <= v[0] <= 1 and is_count(v[1])),
+                   "null or [clock, batch]"),
 }
 SUMS = ("loss", "correct", "units", "samples", "skipped", "seconds", "lr")
 

@@ -15,6 +15,7 @@ from .errors import ConfigError, describe
 from .spec import Option
 
 MAX_THREADS = 1024  # far above any CPU bpnet runs on; threadpoolctl overflows on huge counts
+FLOAT32_TINY = 1.1754943508222875e-38  # smaller eps round to 0 or to a subnormal
 SOLVERS = ("sgd", "nesterov", "adam")
 LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "newbob")
 
@@ -66,7 +67,8 @@ SOLVER = {
     "iter_size": Option(spec.positive_int, 1),
     "beta1": Option(spec.real(low=0, high=1, high_open=True), 0.9),
     "beta2": Option(spec.real(low=0, high=1, high_open=True), 0.999),
-    "eps": Option(spec.positive, 1e-8),
+    "eps": Option(spec.real(low=FLOAT32_TINY), 1e-8,
+                  doc="at least float32's smallest normal number: Adam divides by it"),
     "lr_policy": Option(spec.choice(*LR_POLICIES), "fixed"),
     "gamma": Option(spec.positive, 0.1),
     "stepsize": Option(spec.positive, 1.0, doc="epochs between steps (step policy)"),

@@ -11,7 +11,7 @@ class BpnetError(Exception):
     label = "Error"
 
     def __init__(self, message, *, source=None, where=None):
-        self.source = None if source is None else str(source)
+        self.source = None if source is None else _printable(str(source))
         self.where = where
         self.detail = message
         prefix = ": ".join(str(p) for p in (self.source, where) if p not in (None, ""))
@@ -38,6 +38,11 @@ class DivergenceError(BpnetError):
     """Training produced a NaN or infinite loss and ``solver.on_nonfinite`` is ``stop``."""
 
     exit_code = 3
+
+
+def _printable(text):
+    # a line break or escape sequence in a file name would break the one-line message
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def describe(value):

@@ -3,6 +3,7 @@ the lock that keeps a run folder to one process."""
 
 import errno
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from fnmatch import fnmatch
@@ -83,6 +84,21 @@ def remove_stale_temps(folder, names):
     for name in names:
         for tmp in Path(folder).glob(_temp_pattern(name)):
             tmp.unlink(missing_ok=True)
+
+
+def open_lock_file(path):
+    """``path`` opened for locking (made if missing), or a BpnetError naming it. Opened without
+    blocking and checked to be a regular file: a FIFO there would block the open for ever."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0),
+                     0o666)
+    except OSError as e:
+        raise BpnetError(f"cannot open the run's lock file: {e.strerror or e}",
+                         source=path) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BpnetError("is not a regular file; bpnet keeps the run's lock there", source=path)
+    return os.fdopen(fd, "a")
 
 
 def hold_lock(file):

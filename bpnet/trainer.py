@@ -19,7 +19,7 @@ import yaml
 
 from . import checkpoint as ckpt
 from .build import seeds
-from .errors import BpnetError, CheckpointError, ConfigError, DivergenceError
+from .errors import BpnetError, CheckpointError, ConfigError, DataError, DivergenceError
 from .files import write_text
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
@@ -82,7 +82,13 @@ class Trainer:
     def _epochs(self):
         if self.newbob and self.newbob.best_loss is None:
             loss = evaluate(self.net, self.val_set)["loss"]
-            self.newbob.best_loss = loss if math.isfinite(loss) else math.inf
+            if not math.isfinite(loss):
+                raise DataError(f"the validation loss of the initial weights is {loss}, and newbob "
+                                f"compares every epoch with it; check the validation data for "
+                                f"values too large (and data.scale), or the initialisation",
+                                source=self.session.source,
+                                where="data.val" if self.cfg["data"].get("val") else "data.val_split")
+            self.newbob.best_loss = loss
             self.best = self._snapshot()
         while not self.finished():
             if self.order is None:
@@ -142,6 +148,7 @@ class Trainer:
 
     def _end_epoch(self):
         """Metrics, schedule, checkpoints. Returns True when the schedule says stop."""
+        self._check_finite()  # first: newbob could put the best weights back over NaN ones
         sums, net = self.sums, self.net
         row = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": sums["lr"],
                "train_loss": sums["loss"] / max(sums["samples"], 1),
@@ -163,7 +170,6 @@ class Trainer:
         self.rows.append({c: row.get(c) for c in COLUMNS})
         self.epoch, self.position, self.order, self.resumed_at = self.epoch + 1, 0, None, None
         self._reset_sums()
-        self._check_finite()
         # a rejected epoch's weights were just replaced by the best ones: never best.npz
         improved = accepted and row.get("val_loss") is not None and math.isfinite(
             row["val_loss"]) and (self.best_val is None or row["val_loss"] < self.best_val)
@@ -267,8 +273,8 @@ class Trainer:
     def _check_finite(self):
         for name, p in self.net.params.items():
             if not np.isfinite(p.data).all():
-                raise DivergenceError(f"parameter {name} holds NaN or infinite values at epoch "
-                                      f"{self.epoch}, iteration {self.iteration}; nothing was saved; "
+                raise DivergenceError(f"parameter {name} holds NaN or infinite values in epoch "
+                                      f"{self.epoch + 1}, iteration {self.iteration}; nothing was saved; "
                                       f"try a lower solver.lr", source=self.session.source)
 
     # ----- state ------------------------------------------------------------------------------
@@ -295,7 +301,8 @@ class Trainer:
                 "net": [dict(layer) for layer in self.cfg["net"]["layers"]],
                 "loss": self.cfg["net"]["loss"], "n_in": self.net.n_in,
                 "solver": self.s["type"], "batch_size": self.s["batch_size"],
-                "iter_size": self.s["iter_size"], "clock": self._clock()}
+                "iter_size": self.s["iter_size"], "clock": self._clock(),
+                "resumed_at": None if self.resumed_at is None else list(self.resumed_at)}
         path = self.run_dir / "checkpoints" / name
         ckpt.save(path, arrays, meta)
         if name != "best.npz":
@@ -335,6 +342,11 @@ class Trainer:
         then = (meta.get("batch_size"), meta.get("iter_size"))
         if position and "clock" in meta and then != (self.s["batch_size"], self.s["iter_size"]):
             self.resumed_at = (meta["clock"], position)
+        elif position and meta.get("resumed_at") is not None:  # the clock of an earlier resume
+            self.resumed_at = tuple(meta["resumed_at"])
+            if self.resumed_at[1] > position:
+                raise CheckpointError(f"corrupt checkpoint: meta 'resumed_at' is after its batch "
+                                      f"position {position}", source=path)
         self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
         self.shuffle_rng.bit_generator.state = shuffle_state
         self.net.dropout_rng.bit_generator.state = dropout_state

@@ -379,6 +379,18 @@ def test_a_data_path_no_file_name_can_hold_is_refused_naming_the_key(tmp_path, c
     assert "relu.yaml: data.train.path:" in line
 
 
+def test_a_path_with_a_line_break_stays_on_one_line(tmp_path, capsys):
+    line = bpnet_fails(capsys, "train", net_config(tmp_path), "--set",
+                       'data.train={format: npz, path: "a\\nb.npz"}')
+    assert "a\\nb.npz: file not found" in line
+
+
+def test_an_adam_eps_that_float32_cannot_hold_is_refused(tmp_path, capsys):
+    line = bpnet_fails(capsys, "train", net_config(tmp_path), "--set", "solver.type=adam",
+                       "--set", "solver.eps=1.0e-46")
+    assert "relu.yaml: solver.eps:" in line
+
+
 def test_a_file_where_the_run_folder_would_go_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()

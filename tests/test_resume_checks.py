@@ -4,6 +4,7 @@ over a resume as if the run had never stopped."""
 
 import itertools
 import math
+import os
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from bpnet import api
 from bpnet import checkpoint as ckpt
 from bpnet import files
 from bpnet.config import load_config
-from bpnet.errors import BpnetError, CheckpointError, ConfigError
+from bpnet.errors import BpnetError, CheckpointError, ConfigError, DataError, DivergenceError
 from bpnet.session import open_session
 from bpnet.solver import learning_rate
 
@@ -204,14 +205,34 @@ def test_negative_adam_second_moments_are_refused(tmp_path):
 
 def test_newbob_never_accepts_a_non_finite_validation_loss_and_stays_resumable(
         tmp_path, monkeypatch):
-    nan = float("nan")
-    scripted_val(monkeypatch, [nan, nan, 0.9])  # the initial weights, epoch 1, epoch 2
+    scripted_val(monkeypatch, [1.0, float("nan"), 0.9])  # the initial weights, epoch 1, epoch 2
     run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
                        overrides=[*NEWBOB, "solver.newbob.keep_lr_epochs=1"])
     meta = ckpt.load(newest(run))[1]
     assert meta["newbob"]["best_loss"] == 0.9 and meta["best_val"] == 0.9
     _, rows = api.train(resume=run, overrides=["solver.epochs=3"], quiet=True)
     assert len(rows) == 3
+
+
+def test_newbob_refuses_a_non_finite_validation_loss_of_the_initial_weights(
+        tmp_path, monkeypatch):
+    scripted_val(monkeypatch, [float("nan")])
+    with pytest.raises(DataError, match="validation loss of the initial weights is nan") as info:
+        api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True, overrides=NEWBOB)
+    assert info.value.where == "data.val_split"
+
+
+def test_nan_weights_are_reported_even_when_newbob_would_restore_the_best(tmp_path, monkeypatch):
+    class Poisoning(train_module.Solver):
+        def step(self, lr, batches=1):
+            super().step(lr, batches)
+            if self.steps == BATCHES:  # the epoch's last update: no loss sees it
+                self.params["fc1.W"].data[0, 0] = np.nan
+
+    monkeypatch.setattr(train_module, "Solver", Poisoning)
+    with pytest.raises(DivergenceError, match="fc1.W holds NaN or infinite values in epoch 1"):
+        api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True, overrides=NEWBOB)
+    assert not ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")
 
 
 def test_a_non_finite_validation_loss_is_never_best(tmp_path, monkeypatch):
@@ -344,6 +365,17 @@ def test_schedule_clock_goes_on_from_the_checkpoint_after_a_mid_epoch_resume(
     resume(run, change)
     assert rates[0] == pytest.approx(0.1 * (1 - (2 + 3 / 13) / 3))
     assert all(a > b > 0 for a, b in zip(rates, rates[1:]))
+
+
+def test_a_second_resume_with_the_same_settings_keeps_the_clock_of_the_first(run):
+    tamper(run, mid_epoch)  # 3 of 13 batches of the third epoch
+    first = _trainer(run, "solver.epochs=3", "solver.iter_size=3")
+    first.resume(newest(run))
+    first.position += 3  # one update later, stopped again
+    path = first._save("ckpt-99999999.npz")
+    again = _trainer(run, "solver.epochs=3", "solver.iter_size=3")
+    again.resume(path)
+    assert again._clock() == first._clock() == 3 / 13 + (1 - 3 / 13) / 4
 
 
 def _trainer(run, *overrides):
@@ -539,6 +571,18 @@ def test_a_folder_with_anything_else_in_it_is_refused_for_a_new_run(tmp_path, na
     with pytest.raises(BpnetError, match="already holds a run"):
         api.train(write_tiny(tmp_path), out=run, quiet=True)
     assert (run / name).read_text() == "mine"
+    assert not (run / ".bpnet-lock").exists()  # a refused folder keeps nothing of ours
+
+
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: os.mkfifo(p)],
+                         ids=["folder", "fifo"])
+def test_a_lock_file_that_is_no_regular_file_is_one_line_naming_it(tmp_path, make):
+    run = tmp_path / "run"
+    run.mkdir()
+    make(run / ".bpnet-lock")
+    # a subprocess, with a time limit: opening a FIFO for writing could block for ever
+    assert_clean_error(bpnet("train", write_tiny(tmp_path), "--out", run),
+                       f"{run / '.bpnet-lock'}: ")
 
 
 # ----- 9. an overflowing learning rate ----------------------------------------------------------
