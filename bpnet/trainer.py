@@ -57,7 +57,7 @@ class Trainer:
             raise BpnetError("the newbob policy needs validation data: set data.val or "
                              "data.val_split", source=session.source, where="solver.lr_policy")
         self.epoch = self.iteration = self.position = 0
-        self.resumed_at = None  # (epoch fraction, batch) of a resume in mid-epoch, see _lr
+        self.resumed_at = None  # (epoch fraction, batch) of a resume in mid-epoch, see _clock
         self.order, self.rows, self.best_val, self.best = None, [], None, None
         self._reset_sums()
         self._signal = None
