@@ -78,15 +78,20 @@ def _gather_scale(rng, d):
     return x, rows, rng.random(12).astype(d), d(1 / 255), _unwritten(np.empty((7, 12), d))
 
 
+SPANS = np.array([0, 7, 7, 20, 30], np.int64)  # four parameters, one of them empty
+
+
 def _sgd_update(rng, d, nesterov):
     return (rng.standard_normal(30).astype(d), rng.standard_normal(30).astype(d),
-            rng.standard_normal(30).astype(d), d(0.05), d(0.9), d(1e-3), nesterov)
+            rng.standard_normal(30).astype(d), SPANS, np.array([0.05, 0.3, 0.0, 0.1], d),
+            np.array([1e-3, 0.0, 0.5, 0.0], d), d(0.9), nesterov)
 
 
 def _adam_update(rng, d):
     return (rng.standard_normal(30).astype(d), rng.standard_normal(30).astype(d),
-            rng.standard_normal(30).astype(d), rng.random(30).astype(d), d(1e-3), d(0.9),
-            d(0.999), d(1e-8), d(1e-4))
+            rng.standard_normal(30).astype(d), rng.random(30).astype(d), SPANS,
+            np.array([1e-3, 0.0, 0.5, 2e-2], d), d(0.9), d(0.999), d(1e-8),
+            np.array([1e-4, 0.1, 0.0, 0.0], d))
 
 
 CASES = {

@@ -128,6 +128,51 @@ def test_clip_norm_scales_the_global_gradient_norm():
     np.testing.assert_allclose(b, [-4.0])
 
 
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam"])
+def test_one_solver_over_many_parameters_steps_each_as_its_own(kind):
+    """Parameters share one buffer in the solver; each keeps its own shape, lr_mult,
+    decay_mult, gradient and state, as if it had a solver to itself."""
+    cfg = solver_cfg(type=kind, lr=0.1, weight_decay=0.01)
+    options = [dict(lr_mult=2.0, decay_mult=0.0), dict(), dict(lr_mult=0.5, decay_mult=3.0)]
+    shapes = [(3, 5), (7,), (2, 1)]  # sizes 15, 7, 2: none a whole 64-byte line
+    rng = np.random.default_rng(3)
+    values = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(3)]
+    together = [Param(f"p{i}", v.copy(), **o) for i, (v, o) in enumerate(zip(values, options))]
+    alone = [Param(f"p{i}", v.copy(), **o) for i, (v, o) in enumerate(zip(values, options))]
+    solver = Solver(cfg, {p.name: p for p in together})
+    solos = [Solver(cfg, {p.name: p}) for p in alone]
+    for step in grads:
+        for p, q, g in zip(together, alone, step):
+            p.zero_grad(), q.zero_grad()
+            p.grad[...] = q.grad[...] = g
+        solver.step(0.1)
+        for s in solos:
+            s.step(0.1)
+    for p, q, v in zip(together, alone, values):
+        assert p.data.shape == v.shape and p.data.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(p.data, q.data)
+        assert not np.array_equal(p.data, v)
+    assert np.shares_memory(together[0].data, solver._data)
+    assert not solver._data[15:16].any() and not solver._data[23:32].any()  # the gaps
+
+
+def test_solver_keeps_values_and_gradients_it_moves():
+    p = Param("w", W0.copy())
+    p.grad[...] = GRADS[0]
+    Solver(solver_cfg(type="sgd", lr=0.1), {"w": p})
+    np.testing.assert_array_equal(p.data, W0)
+    np.testing.assert_array_equal(p.grad, GRADS[0])
+
+
+def test_a_parameter_moved_out_of_the_solver_is_an_error_not_a_lost_update():
+    p = Param("w", W0.copy())
+    solver = Solver(solver_cfg(type="sgd", lr=0.1), {"w": p})
+    p.astype(np.float32)
+    with pytest.raises(RuntimeError, match="parameter w was moved"):
+        solver.step(0.1)
+
+
 def test_iter_size_averages_summed_gradients():
     cfg = solver_cfg(type="sgd", lr=0.1, momentum=0.5)
     p = Param("w", W0.copy())

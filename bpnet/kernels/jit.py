@@ -282,12 +282,8 @@ def gather_scale(x, rows, mean, scale, out):
             out[i, j] = (out.dtype.type(x[r, j]) - mean[j]) * scale
 
 
-@kernel
-def sgd_update(w, g, v, lr, momentum, decay, nesterov):
-    """Caffe's momentum SGD on flat arrays: v = momentum v + lr (g + decay w); w -= v.
-
-    With nesterov, w -= (1 + momentum) v - momentum v_previous, as Caffe's NesterovSolver.
-    """
+@kernel(inline="always")
+def _sgd_span(w, g, v, lr, momentum, decay, nesterov):
     for i in range(w.shape[0]):
         step = lr * (g[i] + decay * w[i])
         previous = v[i]
@@ -299,11 +295,32 @@ def sgd_update(w, g, v, lr, momentum, decay, nesterov):
 
 
 @kernel
-def adam_update(w, g, m, v, lr_t, beta1, beta2, eps, decay):
-    """Adam on flat arrays, L2 decay added to the gradient; lr_t includes the bias correction."""
+def sgd_update(w, g, v, bounds, rates, decays, momentum, nesterov):
+    """Caffe's momentum SGD on flat arrays: v = momentum v + lr (g + decay w); w -= v.
+
+    Parameter k spans ``bounds[k]:bounds[k + 1]`` and has its own ``rates[k]`` and
+    ``decays[k]`` (lr_mult and decay_mult applied); one call updates every parameter.
+    With nesterov, w -= (1 + momentum) v - momentum v_previous, as Caffe's NesterovSolver.
+    """
+    for k in range(rates.shape[0]):
+        a, b = bounds[k], bounds[k + 1]
+        _sgd_span(w[a:b], g[a:b], v[a:b], rates[k], momentum, decays[k], nesterov)
+
+
+@kernel(inline="always")
+def _adam_span(w, g, m, v, lr_t, beta1, beta2, eps, decay):
     one = w.dtype.type(1)
     for i in range(w.shape[0]):
         gi = g[i] + decay * w[i]
         m[i] = beta1 * m[i] + (one - beta1) * gi
         v[i] = beta2 * v[i] + (one - beta2) * gi * gi
         w[i] -= lr_t * m[i] / (np.sqrt(v[i]) + eps)
+
+
+@kernel
+def adam_update(w, g, m, v, bounds, rates, beta1, beta2, eps, decays):
+    """Adam on flat arrays, L2 decay added to the gradient; ``rates[k]`` includes the bias
+    correction. Parameters span ``bounds`` as in ``sgd_update``."""
+    for k in range(rates.shape[0]):
+        a, b = bounds[k], bounds[k + 1]
+        _adam_span(w[a:b], g[a:b], m[a:b], v[a:b], rates[k], beta1, beta2, eps, decays[k])

@@ -87,14 +87,18 @@ def gather_scale(x, rows, mean, scale, out):
     out[...] = (x[rows].astype(out.dtype) - mean) * scale
 
 
-def sgd_update(w, g, v, lr, momentum, decay, nesterov):
-    previous = v.copy()
-    v[...] = momentum * v + lr * (g + decay * w)
-    w -= v + momentum * (v - previous) if nesterov else v
+def sgd_update(w, g, v, bounds, rates, decays, momentum, nesterov):
+    for a, b, lr, decay in zip(bounds[:-1], bounds[1:], rates, decays):
+        w_, g_, v_ = w[a:b], g[a:b], v[a:b]
+        previous = v_.copy()
+        v_[...] = momentum * v_ + lr * (g_ + decay * w_)
+        w_ -= v_ + momentum * (v_ - previous) if nesterov else v_
 
 
-def adam_update(w, g, m, v, lr_t, beta1, beta2, eps, decay):
-    g = g + decay * w
-    m[...] = beta1 * m + (1 - beta1) * g
-    v[...] = beta2 * v + (1 - beta2) * g * g
-    w -= lr_t * m / (np.sqrt(v) + eps)
+def adam_update(w, g, m, v, bounds, rates, beta1, beta2, eps, decays):
+    for a, b, lr_t, decay in zip(bounds[:-1], bounds[1:], rates, decays):
+        w_, m_, v_ = w[a:b], m[a:b], v[a:b]
+        g_ = g[a:b] + decay * w_
+        m_[...] = beta1 * m_ + (1 - beta1) * g_
+        v_[...] = beta2 * v_ + (1 - beta2) * g_ * g_
+        w_ -= lr_t * m_ / (np.sqrt(v_) + eps)

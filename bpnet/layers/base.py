@@ -47,6 +47,13 @@ class Param:
         else:
             grad += a @ b
 
+    def move_to(self, data, grad):
+        """Keep the values and the gradient in ``data`` and ``grad`` from now on (views of one
+        buffer, so that a solver updates every parameter in one pass), copied over."""
+        data[...] = self.data
+        grad[...] = self._grad
+        self.data, self._grad = data, grad
+
     def astype(self, dtype):
         self.data = self.data.astype(dtype)
         self._grad = np.zeros_like(self.data)
