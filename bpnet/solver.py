@@ -25,8 +25,9 @@ def _aligned_zeros(n, dtype):
 
 
 def _part(flat, start, like):
-    """The view of ``flat`` from ``start`` with the shape of ``like``."""
-    return flat[start:start + like.size].reshape(like.shape)
+    """The view of ``flat`` from ``start`` with the shape and memory order of ``like``."""
+    order = "F" if like.flags.f_contiguous and not like.flags.c_contiguous else "C"
+    return flat[start:start + like.size].reshape(like.shape, order=order)
 
 
 class Solver:

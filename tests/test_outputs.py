@@ -59,9 +59,9 @@ def kink_skips(net, x, t, array, eps):
         net.forward(x, t, train=True)
         return [layer.kink_pattern() for layer in net.layers if layer.kink]
 
-    flat, skipped = array.reshape(-1), 0
+    flat, skipped = array.flat, 0  # .flat writes through in any memory order
     base = kinks()
-    for i in range(flat.size):
+    for i in range(array.size):
         keep = flat[i]
         flat[i] = keep + eps
         plus = kinks()

@@ -139,6 +139,7 @@ def test_one_solver_over_many_parameters_steps_each_as_its_own(kind):
     values = [rng.standard_normal(s) for s in shapes]
     grads = [[rng.standard_normal(s) for s in shapes] for _ in range(3)]
     together = [Param(f"p{i}", v.copy(), **o) for i, (v, o) in enumerate(zip(values, options))]
+    together[0].reorder("F")  # as a network's first layer keeps its W
     alone = [Param(f"p{i}", v.copy(), **o) for i, (v, o) in enumerate(zip(values, options))]
     solver = Solver(cfg, {p.name: p for p in together})
     solos = [Solver(cfg, {p.name: p}) for p in alone]
@@ -153,6 +154,7 @@ def test_one_solver_over_many_parameters_steps_each_as_its_own(kind):
         assert p.data.shape == v.shape and p.data.ctypes.data % 64 == 0
         np.testing.assert_array_equal(p.data, q.data)
         assert not np.array_equal(p.data, v)
+    assert together[0].data.flags.f_contiguous and together[0].grad.flags.f_contiguous
     assert np.shares_memory(together[0].data, solver._data)
     assert not solver._data[15:16].any() and not solver._data[23:32].any()  # the gaps
 

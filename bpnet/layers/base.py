@@ -47,6 +47,11 @@ class Param:
         else:
             grad += a @ b
 
+    def reorder(self, order):
+        """Store the values and the gradient in memory order ``order`` ("C" or "F"); the
+        shape, and everything computed with them, stay the same."""
+        self.data, self._grad = np.array(self.data, order=order), np.array(self._grad, order=order)
+
     def move_to(self, data, grad):
         """Keep the values and the gradient in ``data`` and ``grad`` from now on (views of one
         buffer, so that a solver updates every parameter in one pass), copied over."""
