@@ -278,7 +278,8 @@ class GemmRunner:
 
     def __init__(self, hidden, act, batch, lr, weights, data, inputs):
         import numpy as np
-        self.np, self.batch, self.W = np, batch, weights
+        self.np, self.batch = np, batch
+        self.W = [np.asfortranarray(w) if i == 0 else w for i, w in enumerate(weights)]  # as bpnet
         self.flops_per_sample = sum(2 * w.size * (3 if i else 2) for i, w in enumerate(weights))
         self.arrays = {}
 
