@@ -56,40 +56,46 @@ class Solver:
             p.move_to(_part(self._data, start, p.data), _part(self._grad, start, p.data))
             self.state[name] = {s: _part(flat, start, p.data) for s, flat in zip(slots, self._slots)}
         self._placed = [(p, p.data) for p in params.values()]
-        self._lr_mults = np.array([p.lr_mult for p in params.values()], np.float64)
-        self._decays = (cfg["weight_decay"] * np.array([p.decay_mult for p in params.values()],
-                                                       np.float64)).astype(dtype)
 
     def step(self, lr, batches=1):
         """Apply one update with learning rate ``lr`` from gradients summed over ``batches``."""
-        cfg, typed = self.cfg, self._grad.dtype.type
-        for p, data in self._placed:
-            if p.data is not data:
-                raise RuntimeError(f"parameter {p.name} was moved out of the solver's buffer "
-                                   f"(astype after the solver was made?)")
-            p.grad  # a gradient no backward wrote since zero_grad must read as zeros
+        cfg, dtype = self.cfg, self._grad.dtype
+        typed = dtype.type
+        grads = self._grads()
         scale = 1.0 / batches
         if cfg["clip_norm"] > 0:
             norm = scale * self.grad_norm()
             if norm > cfg["clip_norm"]:
                 scale *= cfg["clip_norm"] / norm
         if scale != 1.0:
-            self._grad *= typed(scale)
+            grads *= typed(scale)
         self.steps += 1
-        rates = (lr * self._lr_mults).astype(self._grad.dtype)
+        # read every step, as before the buffer: a run may change lr_mult or decay_mult
+        rates = np.array([lr * p.lr_mult for p in self.params.values()], np.float64).astype(dtype)
+        decays = np.array([cfg["weight_decay"] * p.decay_mult for p in self.params.values()],
+                          np.float64).astype(dtype)
         if cfg["type"] == "adam":
             b1, b2 = cfg["beta1"], cfg["beta2"]
             rates *= typed(math.sqrt(1 - b2 ** self.steps) / (1 - b1 ** self.steps))
-            kernels.jit.adam_update(self._data, self._grad, *self._slots, self._bounds, rates,
-                                    typed(b1), typed(b2), typed(cfg["eps"]), self._decays)
+            kernels.jit.adam_update(self._data, grads, *self._slots, self._bounds, rates,
+                                    typed(b1), typed(b2), typed(cfg["eps"]), decays)
         else:
-            kernels.jit.sgd_update(self._data, self._grad, *self._slots, self._bounds, rates,
-                                   self._decays, typed(cfg["momentum"]), cfg["type"] == "nesterov")
+            kernels.jit.sgd_update(self._data, grads, *self._slots, self._bounds, rates, decays,
+                                   typed(cfg["momentum"]), cfg["type"] == "nesterov")
 
     def grad_norm(self):
         """Global L2 norm of all gradients, accumulated in float64."""
-        g = self._grad.astype(np.float64)
+        g = self._grads().astype(np.float64, copy=False)
         return math.sqrt(float(np.dot(g, g)))
+
+    def _grads(self):
+        """The flat gradient buffer, each parameter's part as its Param reads it."""
+        for p, data in self._placed:
+            if p.data is not data:
+                raise RuntimeError(f"parameter {p.name} was moved out of the solver's buffer "
+                                   f"(astype after the solver was made?)")
+            p.grad  # a gradient no backward wrote since zero_grad reads as zeros: write them
+        return self._grad
 
     def state_arrays(self):
         """The state as a flat dict: ``fc1.W/v`` -> array, plus ``steps``."""

@@ -203,6 +203,20 @@ def test_parameters_by_name_with_the_documented_layout():
         assert not net.params[f"fc{i}.b"].data.any(), "biases start at zero"
 
 
+def test_only_the_first_weights_are_kept_column_major(rng):
+    """The first layer's input gradient is never needed, so its W is stored as W^T contiguous
+    for faster products; the others keep row-major, which their dz W needs. Same values."""
+    net = make_net(dtype=np.float32)
+    layout = {name: (p.data.flags.f_contiguous, p.data.flags.c_contiguous)
+              for name, p in net.params.items() if name.endswith(".W")}
+    assert layout.pop("fc1.W") == (True, False)
+    assert all(c for _, c in layout.values())
+    assert net.params["fc1.W"].grad.flags.f_contiguous
+    net.astype(np.float64)
+    assert net.params["fc1.W"].data.flags.f_contiguous
+    assert net.params["fc1.W"].grad.flags.f_contiguous
+
+
 def test_setting_parameters_by_name_changes_the_output(rng):
     net = make_net(layers=[{"name": "fc", "type": "affine", "out": 3}], loss="mse")
     W, b = rng.standard_normal((3, N_IN)), rng.standard_normal(3)

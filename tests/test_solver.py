@@ -154,6 +154,9 @@ def test_one_solver_over_many_parameters_steps_each_as_its_own(kind):
         assert p.data.shape == v.shape and p.data.ctypes.data % 64 == 0
         np.testing.assert_array_equal(p.data, q.data)
         assert not np.array_equal(p.data, v)
+    for p, solo in zip(together, solos):  # the state lines up with the values it belongs to
+        for slot, a in solver.state[p.name].items():
+            np.testing.assert_array_equal(a, solo.state[p.name][slot])
     assert together[0].data.flags.f_contiguous and together[0].grad.flags.f_contiguous
     assert np.shares_memory(together[0].data, solver._data)
     assert not solver._data[15:16].any() and not solver._data[23:32].any()  # the gaps
@@ -165,6 +168,26 @@ def test_solver_keeps_values_and_gradients_it_moves():
     Solver(solver_cfg(type="sgd", lr=0.1), {"w": p})
     np.testing.assert_array_equal(p.data, W0)
     np.testing.assert_array_equal(p.grad, GRADS[0])
+
+
+def test_a_gradient_zeroed_and_never_written_counts_as_zero():
+    """zero_grad is lazy; a step or a norm after it without a backward sees zeros."""
+    p = Param("w", W0.copy())
+    solver = Solver(solver_cfg(type="sgd", lr=0.1, momentum=0.0), {"w": p})
+    p.grad[...] = GRADS[0]
+    p.zero_grad()
+    assert solver.grad_norm() == 0.0
+    solver.step(0.1)
+    np.testing.assert_array_equal(p.data, W0)
+
+
+def test_lr_mult_and_decay_mult_changed_after_the_solver_was_made_apply():
+    p = Param("w", W0.copy())
+    solver = Solver(solver_cfg(type="sgd", lr=0.1, momentum=0.0, weight_decay=0.5), {"w": p})
+    p.lr_mult, p.decay_mult = 2.0, 0.0
+    p.grad[...] = GRADS[0]
+    solver.step(0.1)
+    np.testing.assert_allclose(p.data, W0 - 0.2 * GRADS[0], rtol=1e-14)
 
 
 def test_a_parameter_moved_out_of_the_solver_is_an_error_not_a_lost_update():

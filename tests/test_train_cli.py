@@ -83,6 +83,8 @@ def test_train_writes_metrics_config_and_checkpoints(mnist_config, tmp_path):
     with np.load(run / "checkpoints" / "ckpt-00000048.npz", allow_pickle=False) as z:
         assert z["param/fc1.W"].shape == (32, 784) and z["param/fc2.b"].shape == (10,)
         assert "solver/fc1.W/v" in z.files
+        # row-major on disk, also for the W that the network keeps column-major in memory
+        assert all(z[k].flags.c_contiguous for k in z.files)
         assert json.loads(str(z["meta"]))["epoch"] == 3
 
 
