@@ -16,6 +16,10 @@ from .spec import Option
 
 MAX_THREADS = 1024  # far above any CPU bpnet runs on; threadpoolctl overflows on huge counts
 FLOAT32_TINY = 1.1754943508222875e-38  # smaller eps round to 0 or to a subnormal
+FLOAT32_MAX = 3.4028234663852886e38
+# batches are float32: a scale or mean beyond its range turns into inf there (and 0 * inf = NaN)
+_TRANSFORM_VALUE = spec.real(-FLOAT32_MAX, FLOAT32_MAX,
+                             expected="a finite number within float32's range (magnitude <= 3.4e38)")
 SOLVERS = ("sgd", "nesterov", "adam")
 LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "newbob")
 
@@ -41,8 +45,8 @@ DATA = {
     "test": Option(spec.anything, None),
     "val": Option(spec.anything, None),
     "val_split": Option(spec.integer(low=0), 0, doc="hold out the last N training examples"),
-    "scale": Option(spec.real(), 1.0, doc="inputs become (raw - mean) * scale"),
-    "mean": Option(spec.either(spec.real(), spec.list_of(spec.real(), 1)), 0.0),
+    "scale": Option(_TRANSFORM_VALUE, 1.0, doc="inputs become (raw - mean) * scale"),
+    "mean": Option(spec.either(_TRANSFORM_VALUE, spec.list_of(_TRANSFORM_VALUE, 1)), 0.0),
 }
 NET = {
     "input": Option(spec.either(spec.choice(None), spec.positive_int), None),

@@ -300,6 +300,10 @@ class Dataset:
         """Training batches are float32: an input beyond its range would become inf unnoticed.
         Integer dtypes are checked by their bounds; only wider inputs cost a pass."""
         x, limit = self.x, float(np.finfo(np.float32).max)
+        if not (abs(self.scale) <= limit and np.all(np.abs(self.mean) <= limit)):
+            # in a float32 batch it would be inf, and an input equal to the mean would be NaN
+            raise DataError("data.scale and data.mean must lie within the float32 range of "
+                            "training (3.4e38)", source=self.source)
         if x.size == 0:
             return
         info = np.iinfo(x.dtype) if x.dtype.kind in "ui" else np.finfo(x.dtype)

@@ -91,13 +91,14 @@ def integer(low=None, high=None):
     return check
 
 
-def real(low=None, high=None, low_open=False, high_open=False):
+def real(low=None, high=None, low_open=False, high_open=False, expected=None):
+    """A finite number within the bounds; ``expected`` replaces the generated description."""
     parts = []
     if low is not None:
         parts.append(f"{'>' if low_open else '>='} {low}")
     if high is not None:
         parts.append(f"{'<' if high_open else '<='} {high}")
-    text = "a finite number" + (" " + " and ".join(parts) if parts else "")
+    text = expected or "a finite number" + (" " + " and ".join(parts) if parts else "")
 
     def check(v):
         if isinstance(v, str) and _FLOAT.fullmatch(v.strip()):
@@ -155,8 +156,12 @@ def path(v):
 def list_of(check, min_len=0):
     def parse_list(v):
         if not isinstance(v, list) or len(v) < min_len:
-            raise ValueError(f"a list of at least {min_len} items" if min_len else "a list")
-        return [check(x) for x in v]
+            raise ValueError({0: "a list", 1: "a non-empty list"}.get(
+                min_len, f"a list of at least {min_len} items"))
+        try:
+            return [check(x) for x in v]
+        except ValueError as e:
+            raise ValueError(f"a list whose every item is {e}") from None
     return parse_list
 
 

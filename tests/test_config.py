@@ -233,6 +233,15 @@ def test_huge_integer_for_a_real_key_is_a_config_error(config_file, key):
     assert "expected" in message and "a finite number" in message
 
 
+@pytest.mark.parametrize("expr,where", [("data.scale=1e39", "data.scale"),
+                                        ("data.mean=-1e39", "data.mean")])
+def test_transform_values_beyond_float32_are_config_errors(config_file, expr, where):
+    """Batches are float32: a scale of 1e39 becomes inf there, and 0 * inf is NaN for every
+    input equal to the mean, which would surface as a diverging loss, far from its cause."""
+    message = error_of(config_file(), [expr])
+    assert message.startswith(f"{config_file()}: {where}: found ") and "3.4" in message
+
+
 def test_threads_are_bounded_in_the_config_and_on_the_command_line(config_file):
     from click.testing import CliRunner
 

@@ -357,3 +357,6 @@ def test_inputs_beyond_float32_after_the_transform_are_a_data_error():
     Dataset(x, np.zeros(10), 0.0, 1e-2, "f.npz")  # scaled into range: fine
     with pytest.raises(DataError, match="data.scale"):
         Dataset(np.full((2, 2), 255, np.uint8), np.zeros(2), 0.0, 1e37, "g.npz")
+    for mean, scale in [(0.0, 1e39), ([0.0, -1e39], 1.0)]:  # 0 * inf would be NaN, not inf
+        with pytest.raises(DataError, match="g.npz: data.scale and data.mean must lie within"):
+            Dataset(np.zeros((2, 2), np.uint8), np.zeros(2), mean, scale, "g.npz")
