@@ -197,7 +197,9 @@ class Newbob:
             improvement = 1.0
         else:
             improvement = (previous - self.best_loss) / previous
-        if self.halving and improvement < c["end_halving"] and epoch > c["min_epochs"]:
+        if self.halving and improvement < c["end_halving"]:
+            if epoch <= c["min_epochs"]:
+                return accepted, False  # Kaldi: not allowed to stop yet; go on at this rate
             self.stopped = epoch
             return accepted, True
         if improvement < c["start_halving"] and epoch > c["keep_lr_epochs"]:

@@ -321,13 +321,15 @@ def test_newbob_keeps_the_rate_while_improvement_is_large():
 
 
 def test_newbob_min_epochs_prevents_stopping_and_rejection():
+    """As Kaldi's train_scheduler.sh: an epoch that would have stopped the run before
+    min_epochs goes on without halving the rate."""
     nb = newbob(min_epochs=3)
     assert nb.after_epoch(1, 1.2) == (True, False)  # worse, but accepted before min_epochs
-    assert nb.best_loss == 1.2
+    assert nb.best_loss == 1.2 and nb.halving and nb.lr == 0.5
     assert nb.after_epoch(2, 1.2) == (True, False)  # no improvement, but not allowed to stop
-    assert nb.halving
-    assert nb.after_epoch(3, 1.2) == (True, False)
-    assert nb.after_epoch(4, 1.2) == (False, True)   # past min_epochs: reject and stop
+    assert nb.lr == 0.5
+    assert nb.after_epoch(3, 1.2) == (True, False) and nb.lr == 0.5
+    assert nb.after_epoch(4, 1.2) == (False, True) and nb.lr == 0.5  # past min_epochs: stop
 
 
 def test_newbob_keep_lr_epochs_delays_halving():
