@@ -4,7 +4,7 @@ Layout (every entry a plain array, so ``numpy.load(path, allow_pickle=False)`` r
 
 ``param/<name>``          parameters, e.g. ``param/fc1.W`` (n_out, n_in), ``param/fc1.b`` (n_out,)
 ``solver/<name>/<slot>``  optimizer state (``v`` for SGD, ``m`` and ``v`` for Adam), ``solver/steps``
-``best/...``              for newbob, the last accepted weights and solver state
+``best/param/<name>``      for newbob, the last accepted weights
 ``order``                 the current epoch's shuffled example order (int64)
 ``meta``                  a JSON string: format, version, epoch, iteration, batch position,
                           learning rate and the schedule's clock, generator states, newbob

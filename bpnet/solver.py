@@ -83,6 +83,12 @@ class Solver:
             kernels.jit.sgd_update(self._data, grads, *self._slots, self._bounds, rates, decays,
                                    typed(cfg["momentum"]), cfg["type"] == "nesterov")
 
+    def reset(self):
+        """Forget the momentum (Adam: both moments and the step count), keep the weights."""
+        for flat in self._slots:
+            flat[...] = 0
+        self.steps = 0
+
     def grad_norm(self):
         """Global L2 norm of all gradients, accumulated in float64."""
         g = self._grads().astype(np.float64, copy=False)

@@ -89,7 +89,7 @@ class Trainer:
                                 source=self.session.source,
                                 where="data.val" if self.cfg["data"].get("val") else "data.val_split")
             self.newbob.best_loss = loss
-            self.best = self._snapshot()
+            self.best = self.net.state_dict()
         while not self.finished():
             if self.order is None:
                 n = len(self.train_set)
@@ -163,10 +163,14 @@ class Trainer:
         if self.newbob:
             accepted, stop = self.newbob.after_epoch(self.epoch + 1, row["val_loss"])
             if accepted:
-                self.best = self._snapshot()
+                self.best = self.net.state_dict()
             else:
-                self._restore(self.best)
-                self.log(f"epoch {self.epoch + 1}: validation loss rose; back to the best weights")
+                # the momentum was built at the old rate (Caffe's form holds lr): it would
+                # carry the rejected steps on; Kaldi starts every epoch without it
+                self.net.load_state_dict(self.best)
+                self.solver.reset()
+                self.log(f"epoch {self.epoch + 1}: validation loss rose; back to the best weights "
+                         f"(momentum cleared)")
         self.rows.append({c: row.get(c) for c in COLUMNS})
         self.epoch, self.position, self.order, self.resumed_at = self.epoch + 1, 0, None, None
         self._reset_sums()
@@ -290,7 +294,7 @@ class Trainer:
     def _save(self, name):
         arrays = self._snapshot()
         if self.best is not None and self.newbob:
-            arrays.update(ckpt.prefixed(self.best, "best"))
+            arrays.update(ckpt.prefixed(self.best, "best/param"))
         if self.order is not None:
             arrays["order"] = self.order
         meta = {"epoch": self.epoch, "iteration": self.iteration, "position": self.position,
@@ -332,9 +336,10 @@ class Trainer:
                 raise CheckpointError(f"corrupt checkpoint: newbob stopped after epoch "
                                       f"{self.newbob.stopped}, of {meta['epoch']} done",
                                       source=path)
-            self.best = ckpt.with_prefix(arrays, "best")
+            # checkpoints before the rollback cleared the momentum also hold best/solver/...
+            self.best = ckpt.with_prefix(arrays, "best/param")
             try:  # loading the best weights checks them; the current ones then overwrite them
-                self._restore(self.best)
+                self.net.load_state_dict(self.best, path)
             except CheckpointError as e:
                 raise CheckpointError(f"newbob's best weights: {e.detail}", source=path) from None
         self._restore(arrays, path)

@@ -220,7 +220,13 @@ def test_newbob_rejects_a_worse_epoch_and_goes_back_to_the_best_weights(mnist_co
     assert "epoch 2: validation loss rose; back to the best weights" in result.output
     saved = [ckpt.load(p)[0] for p in ckpt.list_checkpoints(run / "checkpoints")]
     assert len(saved) == 3
-    assert_identical(saved[1], saved[0])  # epoch 2 rejected: epoch 1's weights and solver state
+    # epoch 2 rejected: epoch 1's weights, and the momentum built at the old rate cleared
+    params = [{k: v for k, v in a.items() if k.startswith("param/")} for a in saved]
+    assert_identical(params[1], params[0])
+    momenta = [k for k in saved[0] if k.startswith("solver/") and k.endswith("/v")]
+    assert momenta and all(saved[0][k].any() and not saved[1][k].any() for k in momenta)
+    assert saved[1]["solver/steps"] == 0
+    assert_identical(ckpt.with_prefix(saved[1], "best"), params[0])
     assert not np.array_equal(saved[2]["param/fc1.W"], saved[1]["param/fc1.W"])
     assert [float(r["lr"]) for r in metrics(run)] == pytest.approx([0.1, 0.1, 0.05])
 
