@@ -95,7 +95,10 @@ class Trainer:
                 n = len(self.train_set)
                 self.order = self.shuffle_rng.permutation(n) if self.s["shuffle"] else np.arange(n)
             self._run_epoch()
-            if self._end_epoch():
+            stop = self._end_epoch()
+            if self._signal is not None:  # it came during the evaluation or the save
+                self._interrupt(None)
+            if stop:
                 break
 
     def _run_epoch(self):
@@ -151,7 +154,8 @@ class Trainer:
         self._check_finite()  # first: newbob could put the best weights back over NaN ones
         sums, net = self.sums, self.net
         row = {"epoch": self.epoch + 1, "iteration": self.iteration, "lr": sums["lr"],
-               "train_loss": sums["loss"] / max(sums["samples"], 1),
+               # every batch skipped (on_nonfinite: skip): no loss, rather than a loss of 0
+               "train_loss": sums["loss"] / sums["samples"] if sums["samples"] else None,
                "train_acc": sums["correct"] / sums["units"] if net.loss.classification and sums["units"] else None,
                "seconds": sums["seconds"], "skipped": sums["skipped"],
                "samples_per_sec": sums["samples"] / sums["seconds"] if sums["seconds"] else None}
@@ -264,9 +268,12 @@ class Trainer:
         self._check_finite()
         path = self._save(ckpt.checkpoint_name(self.iteration))
         name = "SIGINT" if self._signal == signal.SIGINT else "SIGTERM"
-        error = Interrupted(f"{name} at epoch {self.epoch + 1}, iteration {self.iteration}; "
-                            f"checkpoint {path} written; continue with: bpnet train --resume "
-                            f"{self.run_dir}")
+        when = (f"at epoch {self.epoch + 1}" if self.position else f"after epoch {self.epoch}")
+        # the exit status tells a calling script that it was stopped, even when nothing was left
+        then = ("the run is complete" if self.finished() else
+                f"continue with: bpnet train --resume {self.run_dir}")
+        error = Interrupted(f"{name} {when}, iteration {self.iteration}; checkpoint {path} "
+                            f"written; {then}")
         error.exit_code = 128 + self._signal
         raise error
 

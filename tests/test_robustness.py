@@ -264,6 +264,20 @@ def test_divergence_skip_counts_and_saves_only_finite(tmp_path):
         assert all(np.isfinite(a).all() for a in params_of(f).values())
 
 
+def test_an_epoch_whose_batches_were_all_skipped_has_no_train_loss(tmp_path):
+    from bpnet import api
+    path = write_tiny(tmp_path, **{"solver.epochs": 1, "solver.on_nonfinite": "skip"})
+    np.savez(tmp_path / "train.npz", x=np.full((240, 10), 3e38, np.float32),
+             y=np.zeros(240, np.int64))
+    cfg = yaml.safe_load(path.read_text())
+    cfg["net"]["layers"][1]["type"] = "relu"  # unbounded: the loss overflows on every batch
+    path.write_text(yaml.safe_dump(cfg))
+    run, rows = api.train(path, out=tmp_path / "run", quiet=True)
+    assert rows[0]["skipped"] == rows[0]["iteration"] > 0
+    assert rows[0]["train_loss"] is None and rows[0]["train_acc"] is None
+    assert (run / "metrics.csv").read_text().splitlines()[1].split(",")[3] == ""
+
+
 # ----- interruptions and crashes ------------------------------------------------------------
 
 def popen_train(*args):

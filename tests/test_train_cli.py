@@ -169,6 +169,32 @@ def test_resume_after_n_epochs_equals_one_long_run(mnist_config, tmp_path):
     assert load_config(split / "config.yaml")["solver"]["epochs"] == 3
 
 
+@pytest.mark.parametrize("epoch,words", [(1, "after epoch 1, iteration 16; checkpoint"),
+                                         (2, "after epoch 2, iteration 32; checkpoint")])
+def test_a_signal_during_the_end_of_an_epoch_stops_after_it(mnist_config, tmp_path, monkeypatch,
+                                                            epoch, words):
+    """Ctrl-C while the epoch's evaluation runs: the epoch is finished and saved, then the
+    run stops with status 130, also after the last epoch (a calling script must see it)."""
+    real, calls = train_module.evaluate, []
+
+    def interrupted(net, dataset, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 * epoch:  # the test set of that epoch (val, test each epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(net, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    run = tmp_path / "run"
+    result = bpnet("train", mnist_config(), "--out", run, "--quiet", "--set",
+                   "solver.epochs=2", ok=False)
+    error = result.exception
+    assert isinstance(error, train_module.Interrupted) and error.exit_code == 130, error
+    assert words in str(error)
+    assert ("the run is complete" in str(error)) == (epoch == 2)
+    assert len(metrics(run)) == epoch
+    assert final_state(run)[1]["epoch"] == epoch
+
+
 class _InterruptingSolver(train_module.Solver):
     """Sends this process SIGINT after update ``AT``, as Ctrl-C in mid-epoch would."""
 
