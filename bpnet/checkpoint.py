@@ -19,6 +19,7 @@ the run into a ConfigError.
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -251,9 +252,15 @@ def checkpoint_name(iteration):
     return f"ckpt-{iteration:08d}.npz"
 
 
+_NUMBERED = re.compile(r"ckpt-(\d+)\.npz")
+
+
 def list_checkpoints(folder):
-    """Numbered checkpoints in ``folder``, oldest first."""
-    return sorted(Path(folder).glob("ckpt-*.npz"))
+    """Numbered checkpoints in ``folder``, oldest first: by number, as the name's digits
+    outgrow its zero padding past 10^8 iterations. Other names are not bpnet's to prune."""
+    numbered = [(int(m[1]), p) for p in Path(folder).glob("ckpt-*.npz")
+                if (m := _NUMBERED.fullmatch(p.name))]
+    return [p for _, p in sorted(numbered)]
 
 
 def find(path):

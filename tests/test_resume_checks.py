@@ -603,3 +603,14 @@ def test_overflowing_schedule_stops_with_a_clear_error_keeping_checkpoints(tmp_p
     assert_clean_error(proc, "solver.lr_policy", "overflows in epoch 3", "gamma 1e+200")
     names = [p.name for p in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")]
     assert names == ["ckpt-00000013.npz", "ckpt-00000026.npz"]
+
+
+def test_checkpoints_are_ordered_by_number_past_the_zero_padding(tmp_path):
+    """ckpt-100000000 is newer than ckpt-99999999, though it sorts before it as text."""
+    names = ["ckpt-99999999.npz", "ckpt-100000000.npz", "ckpt-00000016.npz", "ckpt-copy.npz"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    found = [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    assert found == ["ckpt-00000016.npz", "ckpt-99999999.npz", "ckpt-100000000.npz"]
+    ckpt.prune(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-100000000.npz", "ckpt-copy.npz"]
