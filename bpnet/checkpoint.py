@@ -184,7 +184,8 @@ def check_generator_state(generator, meta, key, path):
 
 # Layer options a resume may change: they act only at initialisation, through the solver or
 # in training (dropout's rate), not on what the trained network computes.
-TRAINING_OPTIONS = ("init", "bias_init", "lr_mult", "decay_mult", "rate")
+TRAINING_OPTIONS = ("init", "bias_init", "lr_mult", "decay_mult", "bias_lr_mult",
+                    "bias_decay_mult", "rate")
 # Solvers with the same state (sgd and nesterov both keep one momentum) may replace each other.
 STATE_KIND = {"sgd": "momentum", "nesterov": "momentum", "adam": "adam"}
 

@@ -1,11 +1,16 @@
 """Weight initialisers, chosen per layer by name, for a weight of shape (n_out, n_in).
 
-``he``/``msra``     normal, std sqrt(2 / n_in)            (He et al. 2015; Caffe's MSRAFiller)
-``xavier``/``glorot`` uniform on +-sqrt(6 / (n_in + n_out)) (Glorot & Bengio 2010)
+``he``/``msra``     normal, std sqrt(2 / n), n = n_in     (He et al. 2015; Caffe's MSRAFiller)
+``xavier``/``glorot`` uniform on +-sqrt(3 / n), n = (n_in + n_out) / 2, i.e. +-sqrt(6 / (n_in +
+                    n_out)) (Glorot & Bengio 2010; PyTorch's xavier_uniform_)
 ``lecun``           normal, std sqrt(1 / n_in)            (LeCun et al. 1998)
 ``gaussian``        normal, std ``std`` (default 0.01)
 ``uniform``         uniform on +-``range`` (default 0.05)
 ``constant``        every element ``value`` (default 0)
+
+``he`` and ``xavier`` take Caffe's ``variance_norm``: n is ``fan_in`` (n_in), ``fan_out`` (n_out)
+or ``average``. Caffe's XavierFiller defaults to fan_in: a prototxt's plain ``xavier`` is
+``{type: xavier, variance_norm: fan_in}`` here.
 """
 
 import numpy as np
@@ -13,8 +18,13 @@ import numpy as np
 from . import spec
 from .errors import ConfigError
 
+def _variance_norm(default):
+    return {"variance_norm": spec.Option(spec.choice("fan_in", "fan_out", "average"), default)}
+
+
 _OPTIONS = {
-    "he": {}, "msra": {}, "xavier": {}, "glorot": {}, "lecun": {},
+    "he": _variance_norm("fan_in"), "msra": _variance_norm("fan_in"),
+    "xavier": _variance_norm("average"), "glorot": _variance_norm("average"), "lecun": {},
     "gaussian": {"std": spec.Option(spec.positive, 0.01)},
     "uniform": {"range": spec.Option(spec.real(low=0, low_open=True, high=1e300), 0.05)},  # 2 x range stays finite
     "constant": {"value": spec.Option(spec.real(), 0.0)},
@@ -54,10 +64,12 @@ def initialize(init, shape, rng, dtype):
     """A new array of ``shape`` filled as ``init`` (a parsed initialiser) says."""
     kind = init["type"]
     n_out, n_in = shape if len(shape) == 2 else (shape[0], 1)
+    n = {"fan_in": n_in, "fan_out": n_out, "average": (n_in + n_out) / 2}.get(
+        init.get("variance_norm"))
     if kind in ("he", "msra"):
-        data = rng.normal(0.0, np.sqrt(2.0 / n_in), shape)
+        data = rng.normal(0.0, np.sqrt(2.0 / n), shape)
     elif kind in ("xavier", "glorot"):
-        limit = np.sqrt(6.0 / (n_in + n_out))
+        limit = np.sqrt(3.0 / n)
         data = rng.uniform(-limit, limit, shape)
     elif kind == "lecun":
         data = rng.normal(0.0, np.sqrt(1.0 / n_in), shape)

@@ -46,9 +46,10 @@ def test_defaults_are_filled_and_paths_made_absolute(config_file, tmp_path):
     assert cfg["solver"]["type"] == "sgd" and cfg["solver"]["batch_size"] == 64
     assert cfg["solver"]["lr"] == 0.1 and cfg["solver"]["lr_policy"] == "fixed"
     assert cfg["checkpoint"] == {"every": 1, "keep": 3, "best": True}
-    assert cfg["net"]["layers"][0] == {"name": "fc1", "type": "affine", "out": 8, "init": {"type": "he"},
+    assert cfg["net"]["layers"][0] == {"name": "fc1", "type": "affine", "out": 8, "init": {"type": "he", "variance_norm": "fan_in"},
                                        "bias_init": {"type": "constant", "value": 0.0},
-                                       "lr_mult": 1.0, "decay_mult": 1.0}
+                                       "lr_mult": 1.0, "decay_mult": 1.0,
+                                       "bias_lr_mult": None, "bias_decay_mult": None}
     assert cfg["data"]["train"]["path"] == str(tmp_path / "train.npz")
     assert cfg["seed"] == 0 and cfg["name"] == "tiny"
 

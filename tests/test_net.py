@@ -273,3 +273,14 @@ def test_astype_float64_keeps_the_weights(rng):
         assert p.data.dtype == np.float64
         np.testing.assert_array_equal(p.data, before[name].astype(np.float64))
     np.testing.assert_allclose(net.predict(x), p32, rtol=1e-5, atol=1e-6)
+
+
+def test_biases_take_their_own_multipliers_or_the_layers():
+    """Caffe's `param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }` as two options."""
+    layers = [{"name": "fc1", "type": "affine", "out": 3, "lr_mult": 0.5, "decay_mult": 3.0,
+               "bias_lr_mult": 2.0, "bias_decay_mult": 0.0},
+              {"name": "fc2", "type": "affine", "out": 2, "lr_mult": 0.5, "decay_mult": 3.0}]
+    params = make_net(layers=layers).params
+    mults = {name: (p.lr_mult, p.decay_mult) for name, p in params.items()}
+    assert mults == {"fc1.W": (0.5, 3.0), "fc1.b": (2.0, 0.0),
+                     "fc2.W": (0.5, 3.0), "fc2.b": (0.5, 3.0)}

@@ -18,10 +18,15 @@ class Affine(Layer):
     type_name = "affine"
     OPTIONS = {
         "out": spec.Option(spec.positive_int, doc="number of outputs"),
-        "init": spec.Option(check_init, {"type": "he"}, doc="weight initialiser"),
-        "bias_init": spec.Option(check_init, {"type": "constant", "value": 0.0}),
+        "init": spec.Option(check_init, check_init("he"), doc="weight initialiser"),
+        "bias_init": spec.Option(check_init, check_init("constant")),
         "lr_mult": spec.Option(spec.non_negative, 1.0, doc="learning-rate multiplier"),
         "decay_mult": spec.Option(spec.non_negative, 1.0, doc="weight-decay multiplier"),
+        # Caffe gives each blob its own; its nets often train biases at 2x and without decay
+        "bias_lr_mult": spec.Option(spec.either(spec.choice(None), spec.non_negative), None,
+                                    doc="the bias's learning-rate multiplier (default lr_mult)"),
+        "bias_decay_mult": spec.Option(spec.either(spec.choice(None), spec.non_negative), None,
+                                       doc="the bias's weight-decay multiplier (default decay_mult)"),
     }
 
     def __init__(self, name, n_in, options, dtype=np.float32, rng=None, where="", source=None):
@@ -30,10 +35,12 @@ class Affine(Layer):
         self.options["bias_init"] = parse_init(options["bias_init"], f"{where}.bias_init", source)
         rng = rng if rng is not None else np.random.default_rng(0)
         shape = (options["out"], n_in)
-        mult = dict(lr_mult=options["lr_mult"], decay_mult=options["decay_mult"])
-        self.W = Param(f"{name}.W", initialize(self.options["init"], shape, rng, dtype), **mult)
+        lr_mult, decay_mult = options["lr_mult"], options["decay_mult"]
+        self.W = Param(f"{name}.W", initialize(self.options["init"], shape, rng, dtype),
+                       lr_mult=lr_mult, decay_mult=decay_mult)
         self.b = Param(f"{name}.b", initialize(self.options["bias_init"], shape[:1], rng, dtype),
-                       **mult)
+                       lr_mult=_given(options["bias_lr_mult"], lr_mult),
+                       decay_mult=_given(options["bias_decay_mult"], decay_mult))
         self.params = [self.W, self.b]
 
     @property
@@ -61,3 +68,7 @@ class Affine(Layer):
         init = self.options["init"]
         extra = "".join(f", {k}={v}" for k, v in init.items() if k != "type")
         return f"init={init['type']}{extra}"
+
+
+def _given(value, default):
+    return default if value is None else value
