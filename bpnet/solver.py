@@ -2,7 +2,8 @@
 so layers stay free of it and a checkpoint is a flat dict of arrays.
 
 One step, read top to bottom as in Caffe's SGDSolver: average the gradients over ``iter_size``
-batches, clip their global L2 norm, then update every parameter in one fused kernel call that
+batches, clip their global L2 norm (Caffe clips the sum: here the threshold does not depend on
+``iter_size``), then update every parameter in one fused kernel call that
 adds the L2 weight decay and scales by each parameter's ``lr_mult``.
 """
 

@@ -614,3 +614,33 @@ def test_checkpoints_are_ordered_by_number_past_the_zero_padding(tmp_path):
     assert found == ["ckpt-00000016.npz", "ckpt-99999999.npz", "ckpt-100000000.npz"]
     ckpt.prune(tmp_path, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-100000000.npz", "ckpt-copy.npz"]
+
+
+# ----- stop and resume equals one run, for every solver and schedule -------------------------
+
+@pytest.mark.parametrize("overrides", [
+    ["solver.type=adam", "solver.lr=0.01", "solver.lr_policy=exp", "solver.gamma=0.7"],
+    ["solver.type=nesterov", "solver.iter_size=3", "solver.clip_norm=0.5",
+     "solver.weight_decay=0.01", "solver.lr_policy=inv", "solver.gamma=0.5", "solver.power=0.75"],
+    # rejects epochs 1 and 4 and stops after 4: a rollback on each side of the stop
+    ["solver.lr=0.5", "solver.lr_policy=newbob", "solver.newbob.start_halving=0.001",
+     "solver.newbob.end_halving=0.0001"],
+], ids=["adam-exp", "nesterov-iter_size-clip-decay-inv", "newbob-rejections"])
+def test_stopped_and_resumed_equals_one_run(tmp_path, monkeypatch, overrides):
+    config = write_tiny(tmp_path, **{"solver.epochs": 6})
+    lines = []
+    api.train(config, out=tmp_path / "whole", overrides=overrides, quiet=True, log=lines.append)
+    if "solver.lr_policy=newbob" in overrides:
+        assert sum("back to the best weights" in line for line in lines) == 2
+    tiny_runs.stop_at(monkeypatch, 7 if "solver.iter_size=3" in overrides else 20)
+    with pytest.raises(train_module.Interrupted):
+        api.train(config, out=tmp_path / "stopped", overrides=overrides, quiet=True)
+    assert ckpt.load(newest(tmp_path / "stopped"))[1]["position"] > 0  # in mid-epoch
+    api.train(resume=tmp_path / "stopped", quiet=True)
+    a, meta_a = ckpt.load(newest(tmp_path / "whole"))
+    b, meta_b = ckpt.load(newest(tmp_path / "stopped"))
+    assert sorted(a) == sorted(b) and meta_a["iteration"] == meta_b["iteration"]
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    assert (tmp_path / "whole" / "metrics.csv").read_text().count("\n") == \
+        (tmp_path / "stopped" / "metrics.csv").read_text().count("\n")

@@ -21,6 +21,7 @@ from bpnet.errors import BpnetError
 from bpnet.layers import Affine
 
 from conftest import small_mnist_config, write_yaml
+from tiny_runs import stop_at
 
 REQUIRED_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,24 +196,13 @@ def test_a_signal_during_the_end_of_an_epoch_stops_after_it(mnist_config, tmp_pa
     assert final_state(run)[1]["epoch"] == epoch
 
 
-class _InterruptingSolver(train_module.Solver):
-    """Sends this process SIGINT after update ``AT``, as Ctrl-C in mid-epoch would."""
-
-    AT = 21  # epoch 2 (16 updates per epoch), 5 batches in
-
-    def step(self, lr, batches=1):
-        super().step(lr, batches)
-        if self.steps == self.AT:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_resume_after_an_interrupt_in_mid_epoch_equals_one_run(mnist_config, tmp_path,
                                                                monkeypatch):
     config = mnist_config()
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     bpnet("train", config, "--out", whole, "--quiet", "--set", "solver.epochs=3")
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "Solver", _InterruptingSolver)
+        stop_at(patch, 21)  # epoch 2 (16 updates per epoch), 5 batches in
         result = bpnet("train", config, "--out", stopped, "--quiet", "--set", "solver.epochs=3",
                        ok=False)
     assert isinstance(result.exception, train_module.Interrupted), result.exception

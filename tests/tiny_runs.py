@@ -1,10 +1,14 @@
 """Helpers shared by the tests that run bpnet end to end on a tiny classification problem."""
 
+import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import yaml
+
+import bpnet.trainer as train_module
 
 TINY = {
     "name": "tiny", "seed": 4, "threads": 1,
@@ -48,3 +52,23 @@ def assert_clean_error(proc, *words, code=2):
     assert "Traceback" not in proc.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])
+
+
+class StopAt(train_module.Solver):
+    """Sends this process SIGINT after update ``at`` (counted over all solvers since ``done``
+    was reset), as Ctrl-C in mid-epoch would. Patch it in as ``bpnet.trainer.Solver``."""
+
+    at, done = None, 0
+
+    def step(self, lr, batches=1):
+        super().step(lr, batches)
+        StopAt.done += 1
+        if StopAt.done == StopAt.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def stop_at(monkeypatch, update):
+    """Make the next training started in this process stop after ``update`` updates."""
+    monkeypatch.setattr(train_module, "Solver", StopAt)
+    monkeypatch.setattr(StopAt, "done", 0)
+    monkeypatch.setattr(StopAt, "at", update)
