@@ -85,6 +85,12 @@ def test_float32_steps_stay_float32_and_agree(kind):
     got32 = run(cfg, dtype=np.float32)
     got64 = run(cfg)
     np.testing.assert_allclose(got32[-1], got64[-1], rtol=1e-5)
+    p = Param("fc.W", np.array(W0, np.float32))
+    solver = Solver(cfg, {"fc.W": p})
+    p.grad[...] = GRADS[0]
+    solver.step(0.05)
+    arrays = [p.data, p.grad, *solver.state["fc.W"].values()]
+    assert [a.dtype for a in arrays] == [np.float32] * len(arrays)
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
