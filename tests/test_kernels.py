@@ -1,9 +1,12 @@
 """Every numba kernel against its plain-numpy twin, on random inputs, in float32 and float64."""
 
 import copy
+import linecache
 
 import numpy as np
 import pytest
+from numba import types
+from numba.core import ir
 
 from bpnet.kernels import IDENTITY, LEAKY_RELU, NAMES, RELU, SIGMOID, TANH, jit, reference
 
@@ -145,16 +148,51 @@ def test_every_case_names_a_real_kernel():
     assert set(CASES) <= set(NAMES), f"tests for kernels that no longer exist: {set(CASES) - set(NAMES)}"
 
 
+def _widening(name, args):
+    """The lines of kernel ``name`` where an expression gives float64 from no float64 value
+    (a float32 times a Python literal, say), in a fresh compile for ``args``'s types."""
+    fresh = jit.kernel(getattr(jit, name).py_func, cache=False)  # code from the cache keeps no types
+    fresh(*args)
+    (compiled,) = fresh.overloads.values()
+    typeof = compiled.type_annotation.typemap
+    assigns = [a for block in compiled.type_annotation.blocks.values()
+               for a in block.find_insts(ir.Assign)]
+    literals = {a.target.name for a in assigns if isinstance(a.value, ir.Const)}
+    found = []
+    for a in assigns:
+        e = a.value
+        if not isinstance(e, ir.Expr) or e.op not in ("binop", "inplace_binop", "unary", "call") \
+                or typeof[a.target.name] != types.float64:
+            continue
+        if e.op == "call" and typeof[e.func.name] == types.NumberClass(types.float64):
+            continue  # np.float64(v): asked for
+        operands = e.args if e.op == "call" else e.list_vars()
+        if not any(typeof[v.name] == types.float64 and v.name not in literals for v in operands):
+            found.append(f"line {a.loc.line}: {linecache.getline(a.loc.filename, a.loc.line).strip()}")
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_kernels_compute_in_float32(name):
+    """A float32 value with a Python literal (``v * 0``, ``0.5 * d``) is float64 in numba:
+    half the SIMD width, and other results than the twin's. Only the loss sums are float64,
+    declared so."""
+    _, make = CASES[name][0]  # ``kind`` is a runtime argument: one compile types every branch
+    assert _widening(name, make(np.random.default_rng(0), np.float32)) == []
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
-def test_kernel_outputs_keep_their_dtype(dtype):
-    """No silent widening: float32 in, float32 out, for the kernels the layers use."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 6)).astype(dtype)
-    y = _unwritten(x)
-    jit.act_forward(x, y, SIGMOID, dtype(0))
-    assert y.dtype == dtype
-    expected = 1 / (1 + np.exp(-x.astype(np.float64)))
-    np.testing.assert_allclose(y, expected, **_tolerance(dtype))
+def test_relu_of_a_negative_is_positive_zero(dtype):
+    """As in its twin (np.maximum); NaN stays NaN for the divergence checks."""
+    x = np.array([[-3.0, -1e-30, -np.inf, np.nan, 0.0, 2.0]], dtype)
+    want = _unwritten(x)
+    reference.act_forward(x, want, RELU, dtype(0))
+    alone, fused = _unwritten(x), x.copy()
+    jit.act_forward(x, alone, RELU, dtype(0))
+    jit.bias_act_forward(fused, np.zeros(x.shape[1], dtype), RELU, dtype(0))
+    for got in (alone, fused):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
 
 
 def test_softmax_xent_gradient_is_softmax_minus_onehot_over_batch():

@@ -2,7 +2,9 @@
 
 Every kernel takes C-contiguous arrays of one float dtype (float32 in training, float64 in
 gradient checks) and scalars of that same dtype, so each compiles exactly once per dtype and
-nothing widens silently. Constants are made with ``x.dtype.type(...)`` for the same reason.
+nothing widens silently. Constants are made with ``x.dtype.type(...)`` (``type(v)(...)`` for a
+scalar v) for the same reason: numba computes float32 times a Python literal, even ``0``, in
+float64. Only the loss sums are float64, on purpose, as in the twins.
 Each kernel has a plain-numpy twin of the same name in ``reference.py``; the tests compare them.
 
 Activations are chosen by a small integer (see ``codes.py``); LLVM hoists the branch out of
@@ -32,7 +34,7 @@ def kernel(function=None, **options):
 def _activate(v, kind, alpha, one):
     """f(v) for the activation ``kind``; ``one`` is 1 in the arrays' dtype."""
     if kind == RELU:
-        return v if v > 0 else v * 0
+        return max(v, type(v)(0))  # as np.maximum: +0.0 for v < 0 (v * 0 is -0.0), NaN stays NaN
     if kind == LEAKY_RELU:
         return v if v > 0 else v * alpha
     if kind == SIGMOID:
@@ -46,7 +48,7 @@ def _activate(v, kind, alpha, one):
 def _slope_from_output(y, kind, alpha, one):
     """f'(x) written in terms of y = f(x), so backward needs only the saved output."""
     if kind == RELU:
-        return one if y > 0 else one * 0
+        return one if y > 0 else type(one)(0)
     if kind == LEAKY_RELU:
         return one if y > 0 else alpha
     if kind == SIGMOID:
@@ -214,11 +216,11 @@ def sigmoid_xent(z, t, grad, scale):
     writes grad = (sigmoid(z) - t) * scale and returns the summed loss.
     """
     loss = 0.0
-    one = z.dtype.type(1)
+    zero, one = z.dtype.type(0), z.dtype.type(1)
     for i in range(z.shape[0]):
         for j in range(z.shape[1]):
             v = z[i, j]
-            loss += max(v, 0) - v * t[i, j] + np.log1p(np.exp(-abs(v)))
+            loss += max(v, zero) - v * t[i, j] + np.log1p(np.exp(-abs(v)))
             grad[i, j] = (one / (one + np.exp(-v)) - t[i, j]) * scale
     return loss
 
@@ -230,7 +232,8 @@ def squared_error(y, t, grad, scale):
     for i in range(y.shape[0]):
         for j in range(y.shape[1]):
             d = y[i, j] - t[i, j]
-            loss += 0.5 * d * d
+            wide = np.float64(d)  # squared in float64, as in the twin: d * d can pass float32's range
+            loss += 0.5 * wide * wide
             grad[i, j] = d * scale
     return loss
 
