@@ -105,6 +105,8 @@ class Net:
         """
         self._check_input(x)
         t = self.loss.check_targets(t, x.shape[0])
+        if not train:
+            self._drop_caches()
         buffers = self._buffers_for(x.shape[0])
         h = x
         for stage, y in zip(self._stages, buffers.outputs):
@@ -138,7 +140,7 @@ class Net:
     def outputs(self, x):
         """Last-layer outputs (logits for classifiers), computed without backward caches."""
         self._check_input(x)
-        self._x = None  # the stages' caches are about to be dropped: no backward until a training forward
+        self._drop_caches()
         parts = []
         for start in range(0, len(x), PREDICT_CHUNK):
             h = x[start:start + PREDICT_CHUNK]
@@ -187,6 +189,14 @@ class Net:
         self.loss.dtype = self.dtype
         self._buffers.clear()
         return self
+
+    def _drop_caches(self):
+        """Forget every cache before inference, which overwrites the buffers they point into
+        (a layer outside a fused stage would keep its own): no backward, of the net or of any
+        layer, until the next training forward."""
+        self._x = None
+        for layer in self.layers:
+            layer._cache = None
 
     def _buffers_for(self, batch):
         buffers = self._buffers.get(batch)

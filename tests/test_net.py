@@ -125,6 +125,8 @@ def test_net_gradients_accumulate_until_zero_grad(rng):
 def test_predict_keeps_no_caches_and_matches_a_training_free_forward(rng):
     net = make_net()
     x = rng.standard_normal((5, N_IN))
+    net.forward(x, rng.integers(0, 4, 5))  # caches into the very buffers predict then uses
+    net.backward()
     p = net.predict(x)
     assert all(layer._cache is None for layer in net.layers)
     h = x
@@ -136,14 +138,22 @@ def test_predict_keeps_no_caches_and_matches_a_training_free_forward(rng):
         net.backward()
 
 
-def test_predict_after_training_leaves_no_usable_backward(rng):
-    """A backward after predict must be refused, not run on caches predict overwrote."""
+@pytest.mark.parametrize("infer", [lambda net, x, t: net.predict(x),
+                                   lambda net, x, t: net.predict(x[:0]),
+                                   lambda net, x, t: net.forward(x, t, train=False)],
+                         ids=["predict", "predict-empty", "evaluate"])
+def test_inference_after_training_leaves_no_usable_backward(rng, infer):
+    """A backward after inference must be refused, as on a fresh net, not run on caches
+    inference overwrote: by the net, and by each layer (the last Affine stands alone)."""
     net = make_net()
-    x = rng.standard_normal((5, N_IN))
-    net.forward(x, rng.integers(0, 4, 5))
-    net.predict(x)
+    x, t = rng.standard_normal((5, N_IN)), rng.integers(0, 4, 5)
+    net.forward(x, t)
+    infer(net, rng.standard_normal((5, N_IN)), t)
     with pytest.raises(ShapeError, match="without a training-mode forward"):
         net.backward()
+    for layer in net.layers:
+        with pytest.raises(ShapeError, match=f"layer '{layer.name}'.*without a training-mode forward"):
+            layer.backward(np.ones((5, layer.n_out)))
 
 
 def test_evaluation_forward_does_not_allow_backward(rng):
