@@ -327,6 +327,8 @@ class Dataset:
         return self.x.shape[1]
 
     def batch(self, rows, out):
+        """``out`` = the scaled inputs of ``rows``: (batch,) int64, each in 0..len - 1. The
+        kernel reads them unchecked, for the training loop; ``inputs`` checks them."""
         mean = self._typed.get(out.dtype)
         if mean is None:
             mean = self._typed[out.dtype] = self.mean.astype(out.dtype)
@@ -334,8 +336,17 @@ class Dataset:
         return out
 
     def inputs(self, dtype=np.float32, rows=None):
-        """Scaled inputs for ``rows`` (all by default), as a fresh array."""
-        rows = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64)
+        """Scaled inputs for ``rows`` (all by default; negative rows count from the end, as
+        in numpy), as a fresh array."""
+        n = len(self)
+        if rows is None:
+            rows = np.arange(n)
+        else:
+            rows = np.asarray(rows, np.int64)
+            bad = (rows < -n) | (rows >= n)
+            if bad.any():
+                raise IndexError(f"row {rows[bad][0]} is out of bounds for a dataset of {n} examples")
+            rows = np.where(rows < 0, rows + n, rows)
         return self.batch(rows, np.empty((len(rows), self.n_features), dtype))
 
     def subset(self, rows):

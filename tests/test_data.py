@@ -335,6 +335,18 @@ def test_dataset_batch_scales_per_batch_and_keeps_raw_inputs(rng):
     np.testing.assert_allclose(data.inputs(np.float64), (x - mean) * 0.5)
 
 
+def test_inputs_refuses_rows_outside_the_dataset(rng):
+    """The gather kernel reads rows unchecked (the trainer's are a permutation); ``inputs``
+    checks them as numpy indexing does, negative rows counting from the end."""
+    x = rng.integers(0, 256, (10, 6)).astype(np.uint8)
+    data = Dataset(x, np.zeros(10), 0.0, 1.0, "f")
+    for rows in ([12], [3, 10], [-11]):
+        with pytest.raises(IndexError, match=f"row {rows[-1]} is out of bounds for a dataset of 10"):
+            data.inputs(rows=rows)
+    np.testing.assert_array_equal(data.inputs(rows=[-1, 0, -10, 9]), x[[-1, 0, -10, 9]])
+    assert data.inputs(rows=[]).shape == (0, 6)
+
+
 def test_val_split_holds_out_the_last_examples(tmp_path, rng):
     x = rng.standard_normal((20, 3)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(20) % 2)
