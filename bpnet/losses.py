@@ -48,13 +48,16 @@ class Loss:
         return self._grad * self.dtype.type(scale)
 
     def check_targets(self, t, batch):
+        """``t`` if it fits a batch of ``batch`` outputs; a batch must not be empty."""
+        if batch == 0:  # its mean loss would be 0 / 0
+            raise ShapeError(f"loss {self.type_name}: an empty batch (0 rows) has no mean loss")
         shape = (batch,) if self.target_kind == "class" else (batch, self.n_in)
         dtype = np.int64 if self.target_kind == "class" else self.dtype
         if not isinstance(t, np.ndarray) or t.shape != shape or t.dtype != dtype:
             found = (t.shape, str(t.dtype)) if isinstance(t, np.ndarray) else type(t).__name__
             raise ShapeError(f"loss {self.type_name}: targets {found}, expected {shape} {dtype}")
         # the kernels index by label without bounds checks: a bad one would write out of bounds
-        if self.target_kind == "class" and len(t) and (t.min() < 0 or t.max() >= self.n_in):
+        if self.target_kind == "class" and (t.min() < 0 or t.max() >= self.n_in):
             raise ShapeError(f"loss {self.type_name}: labels from {t.min()} to {t.max()}, "
                              f"expected classes 0..{self.n_in - 1}")
         return t

@@ -154,6 +154,14 @@ def test_loss_rejects_bad_inputs_and_targets(type_name, rng):
         make_loss(type_name).backward()
 
 
+@pytest.mark.parametrize("type_name", LOSS_TYPES)
+def test_loss_refuses_an_empty_batch(type_name, rng):
+    """The mean over no examples is 0 / 0: an error that names the loss."""
+    loss = make_loss(type_name)
+    with pytest.raises(ShapeError, match=f"loss {type_name}: an empty batch"):
+        loss.forward(np.zeros((0, 4)), make_targets(loss, 0, rng))
+
+
 def test_class_labels_out_of_range_are_refused(rng):
     """The fused kernel indexes by label; a label past the last class must never reach it."""
     loss = make_loss("softmax_cross_entropy", n_in=3)

@@ -199,6 +199,17 @@ def test_bad_input_is_refused(rng):
         net.forward(x, np.array([0, 1, 2, 4]))
 
 
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_forward_refuses_an_empty_batch_that_predict_takes(loss, rng):
+    net = make_net(loss)
+    x = np.zeros((0, N_IN))
+    for train in (True, False):
+        with pytest.raises(ShapeError, match=f"loss {loss}: an empty batch"):
+            net.forward(x, make_targets(net.loss, 0, rng), train=train)
+    assert net.predict(x).shape == (0, 4)
+    assert net.layers[0].forward(x).shape == (0, 7)
+
+
 # ----- parameters by name -------------------------------------------------------------------------
 
 def test_parameters_by_name_with_the_documented_layout():
