@@ -330,7 +330,9 @@ def evaluate_run(path, data="test"):
         raise BpnetError(f"the run's config has no {data} data", source=found)
     result = {"checkpoint": str(found), "data": str(data), **evaluate(session.net, dataset)}
     if session.net.loss.target_kind == "class":
-        predicted = session.net.outputs(dataset.inputs(session.net.dtype)).argmax(axis=1)
+        net = session.net
+        predicted = np.concatenate([net.outputs(x).argmax(axis=1)
+                                    for _, x in dataset.chunks(net.dtype)])
         k = session.net.n_out
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (dataset.y, predicted), 1)
@@ -353,7 +355,9 @@ def predict_file(path, data, out):
     dataset = _dataset_for(session, data, labels=False)
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)
-    probs = session.net.predict(dataset.inputs(session.net.dtype))
+    net = session.net
+    probs = np.concatenate([net.predict(x) for _, x in dataset.chunks(net.dtype)]
+                           or [np.empty((0, net.n_out), net.dtype)])
     kind, k = session.net.loss.target_kind, probs.shape[1]
     if kind == "class":
         table = np.column_stack([probs.argmax(axis=1), probs])

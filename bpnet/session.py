@@ -102,13 +102,10 @@ def _read_while_numba_imports(specs):
         stop.set()
 
 
-def evaluate(net, dataset, batch=1024, dtype=None):
+def evaluate(net, dataset):
     """Mean loss, accuracy (None for regression) and count over a whole dataset, no caches."""
-    dtype = dtype or net.dtype
     loss_sum, correct, units = 0.0, 0, 0
-    for start in range(0, len(dataset), batch):
-        rows = np.arange(start, min(start + batch, len(dataset)), dtype=np.int64)
-        x = dataset.batch(rows, np.empty((len(rows), dataset.n_features), dtype))
+    for rows, x in dataset.chunks(net.dtype):
         loss, c = net.forward(x, dataset.y[rows], train=False)
         loss_sum += loss * len(rows)
         if c is not None:

@@ -372,3 +372,13 @@ def test_inputs_beyond_float32_after_the_transform_are_a_data_error():
     for mean, scale in [(0.0, 1e39), ([0.0, -1e39], 1.0)]:  # 0 * inf would be NaN, not inf
         with pytest.raises(DataError, match="g.npz: data.scale and data.mean must lie within"):
             Dataset(np.zeros((2, 2), np.uint8), np.zeros(2), mean, scale, "g.npz")
+
+
+def test_chunks_cover_the_dataset_in_order_in_one_buffer(rng):
+    x = rng.integers(0, 256, (10, 3)).astype(np.uint8)
+    data = Dataset(x, np.zeros(10), 1.0, 0.5)
+    chunks = [(rows.copy(), part.copy(), part.base) for rows, part in data.chunks(np.float64, 4)]
+    assert [len(rows) for rows, _, _ in chunks] == [4, 4, 2]
+    assert np.array_equal(np.concatenate([r for r, _, _ in chunks]), np.arange(10))
+    np.testing.assert_array_equal(np.concatenate([p for _, p, _ in chunks]), (x - 1.0) * 0.5)
+    assert len({id(base) for _, _, base in chunks}) == 1  # one buffer, reused
