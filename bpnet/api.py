@@ -306,14 +306,14 @@ def _csv_spec(path, train, net, labels):
 def _csv_columns(path, header, delimiter):
     """(cells per row, header names or []) from a CSV's first row; (None, []) when it cannot be
     read, which read_csv then reports in full."""
-    from .data import _is_float  # the test read_csv uses to detect a header
+    from .data import is_float
 
     try:
         with open(path, newline="") as f:
             for cells in csv.reader(f, delimiter=delimiter):
                 if any(c.strip() for c in cells):
                     if header == "auto":
-                        header = not all(_is_float(c) for c in cells)
+                        header = not all(is_float(c) for c in cells)
                     return len(cells), [c.strip() for c in cells] if header else []
     except (OSError, UnicodeDecodeError, csv.Error, TypeError):
         pass

@@ -58,7 +58,7 @@ def _too_large(layer_cfg, width, width_from, where, source):
                        where=f"{where}.out" if out is not None else where)
 
 
-def input_width(cfg, source=None):
+def input_width(cfg):
     """The network's input width: ``net.input``, else the width of the training data."""
     if cfg["net"]["input"] is not None or cfg["data"] is None:
         return cfg["net"]["input"]
@@ -68,4 +68,4 @@ def input_width(cfg, source=None):
 
 def net_for(cfg, source=None, dtype=np.float32):
     """The config's network at initialisation, without reading more data than its input width."""
-    return build_net(cfg, input_width(cfg, source), dtype=dtype, source=source)
+    return build_net(cfg, input_width(cfg), dtype=dtype, source=source)

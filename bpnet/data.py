@@ -180,7 +180,7 @@ def read_csv(path, label, header="auto", delimiter=","):
     if not rows:
         raise DataError("no rows", source=path)
     if header == "auto":
-        header = not all(_is_float(c) for c in rows[0][1])
+        header = not all(is_float(c) for c in rows[0][1])
     names = [c.strip() for c in rows[0][1]] if header else []
     body = rows[1:] if header else rows
     width = len(rows[0][1])
@@ -193,7 +193,7 @@ def read_csv(path, label, header="auto", delimiter=","):
         try:
             values[i] = [float(c) for c in row]
         except ValueError:
-            bad = next(c for c in row if not _is_float(c))
+            bad = next(c for c in row if not is_float(c))
             raise DataError(f"cell {bad!r} is not a number", source=path, where=f"line {line}") from None
     features = [j for j in range(width) if j not in columns]
     with np.errstate(over="ignore"):  # overflow to inf is reported below, by line
@@ -220,7 +220,8 @@ def _check_finite(values, x, features, body, path):
                     where=f"line {line}")
 
 
-def _is_float(text):
+def is_float(text):
+    """Whether a CSV cell reads as a number: a first row with any other cell is a header."""
     try:
         float(text)
         return True

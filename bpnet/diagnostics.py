@@ -44,7 +44,7 @@ def info(path, overrides=()):
     if found is not None:
         arrays, meta = ckpt.load(found)
         arrays = ckpt.with_prefix(arrays, "param")
-        width = meta.get("n_in") or input_width(cfg, source)
+        width = meta.get("n_in") or input_width(cfg)
         net = build_net(cfg, width, source=source)
         net.load_state_dict(arrays, found)
     else:

@@ -1,7 +1,7 @@
 """Net: a stack of layers and a loss, with the activation buffers it owns.
 
 Training calls ``forward(x, t)`` then ``backward()``; both reuse buffers kept per batch size, so
-the hot loop allocates nothing. An Affine followed by an activation runs as one fused stage:
+the hot loop allocates no activation or gradient arrays. An Affine followed by an activation runs as one fused stage:
 one GEMM, then one kernel pass for bias and activation (and one back for the activation
 derivative and the bias gradient). Layers remain usable on their own through their public
 ``forward``/``backward``, which is what gradient checks of single layers use.

@@ -21,14 +21,14 @@ class Option:
         self.check, self.default, self.doc = check, default, doc
 
 
-def parse(mapping, spec, where, source, extra_ok=()):
-    """Validate ``mapping`` against ``spec``; keys in ``extra_ok`` pass through unchecked."""
+def parse(mapping, spec, where, source):
+    """Validate ``mapping`` against ``spec``."""
     if not isinstance(mapping, dict):
         raise ConfigError(f"found {describe(mapping)}, expected a mapping of keys to values",
                           source=source, where=where or "top level")
-    unknown = [k for k in mapping if k not in spec and k not in extra_ok]
+    unknown = [k for k in mapping if k not in spec]
     if unknown:
-        valid = ", ".join(sorted(list(spec) + list(extra_ok))) or "(none)"
+        valid = ", ".join(sorted(spec)) or "(none)"
         raise ConfigError(f"unknown key {unknown[0]!r} (a typo?); valid keys: {valid}",
                           source=source, where=join(where, unknown[0]))
     out = {}
@@ -44,9 +44,6 @@ def parse(mapping, spec, where, source, extra_ok=()):
         except ValueError as e:
             raise ConfigError(f"found {describe(mapping[key])}, expected {e}",
                               source=source, where=path) from None
-    for key in extra_ok:
-        if key in mapping:
-            out[key] = mapping[key]
     return out
 
 
