@@ -2,9 +2,7 @@
 
 import csv
 import json
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +10,8 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError, DataError
-from .files import (NAME_MAX, hold_lock, is_stale_temp, open_lock_file, remove_stale_temps,
-                    replacing)
-
-# what bpnet writes in a run folder and in its checkpoints/, by name or glob pattern
-RUN_FILES = ("metrics.csv", "config.yaml")
-CHECKPOINT_FILES = ("ckpt-*.npz", "best.npz")
-LOCK = ".bpnet-lock"  # held while a process trains the run
-WRITE_PROBE = ".bpnet-write-test"  # made and removed by earlier versions; a kill could leave it
-
+from .files import replacing
+from .runs import claimed, is_run, remove_stale_temps, run_folder
 
 def set_threads(n):
     """Limit BLAS to ``n`` threads (0 leaves the default). bpnet's own kernels are serial."""
@@ -47,7 +38,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                               source="--out")
         run_dir = Path(resume)
         config = config or run_dir / "config.yaml"
-        if not _is_run(run_dir):
+        if not is_run(run_dir):
             raise BpnetError("not a run folder (config.yaml and checkpoints/) to resume",
                              source=run_dir)
     if config is None:
@@ -58,14 +49,14 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     if threads:
         cfg["threads"] = threads
     set_threads(cfg["threads"])
-    with _claimed(run_dir, new=resume is None):
+    with claimed(run_dir, new=resume is None):
         session = open_session(cfg, source=config)
         log = log or (lambda line: None if quiet else print(line, flush=True))
         if progress is None:
             progress = None if quiet else "bar" if sys.stderr.isatty() else "lines"
         trainer = Trainer(session, run_dir, log=log, progress=progress)
         if resume is not None:
-            _remove_stale_temps(run_dir)
+            remove_stale_temps(run_dir)
             found = ckpt.list_checkpoints(run_dir / "checkpoints")
             if found:
                 trainer.resume(found[-1])
@@ -82,89 +73,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         return run_dir, trainer.run()
 
 
-@contextmanager
-def _claimed(run_dir, new):
-    """The run folder, held by this process alone while the block runs (a lock on its
-    .bpnet-lock), so that two bpnet processes never write one run. A new run's folder is
-    checked under the lock: it must hold nothing, or only what a kill left before its config
-    was written; a folder refused keeps no lock file of ours."""
-    try:
-        if run_dir.exists() and not run_dir.is_dir():
-            raise BpnetError("is a file, not a folder for a run; choose another --out or name",
-                             source=run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BpnetError(f"cannot write the output folder: {e.strerror or e}",
-                         source=run_dir) from None
-    path = run_dir / LOCK
-    made = not path.exists()
-    with open_lock_file(path) as lock:
-        try:
-            if not hold_lock(lock):
-                raise BpnetError("another bpnet process is training this run; wait for it to "
-                                 "end, or choose another --out or name", source=run_dir)
-            if new:
-                _check_new_run_folder(run_dir)
-        except BpnetError:
-            if made:
-                path.unlink(missing_ok=True)
-            raise
-        yield
-
-
-def _is_run(folder):
-    try:
-        return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
-    except (OSError, ValueError):  # a name too long for the file system, say
-        return False
-
-
-def _check_new_run_folder(run_dir):
-    """Refuse a folder that holds anything but what a kill before the run's config was
-    written can leave (bpnet's temp files, an empty checkpoints/), and clear that."""
-    def leftover(entry):
-        if entry.name == "checkpoints" and entry.is_dir():
-            return all(is_stale_temp(e.name, CHECKPOINT_FILES) for e in entry.iterdir())
-        return entry.name in (LOCK, WRITE_PROBE) or is_stale_temp(entry.name, RUN_FILES)
-
-    try:
-        if not all(leftover(entry) for entry in run_dir.iterdir()):
-            raise BpnetError("already holds a run; choose another --out, or continue it with "
-                             "--resume", source=run_dir)
-        _remove_stale_temps(run_dir)
-        (run_dir / WRITE_PROBE).unlink(missing_ok=True)
-    except OSError as e:
-        raise BpnetError(f"cannot use the output folder: {e.strerror or e}",
-                         source=run_dir) from None
-
-
-def _remove_stale_temps(run_dir):
-    """Temp files left by a kill in mid-write; only the names bpnet writes, never a user's."""
-    remove_stale_temps(run_dir, RUN_FILES)
-    remove_stale_temps(run_dir / "checkpoints", CHECKPOINT_FILES)
-
-
 SPLITS = ("train", "val", "test")
-
-
-def run_folder(name, source=None):
-    """runs/NAME, for a name that is one folder name: a run never lands outside runs/."""
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-        raise ConfigError(f"found {name!r}, expected a folder name without / or \\ (the run goes "
-                          f"to runs/NAME), or give --out", source=source, where="name")
-    try:
-        size = len(os.fsencode(name))
-    except UnicodeError:
-        raise ConfigError(f"found {name!r}, which this file system cannot store in a folder "
-                          f"name, or give --out", source=source, where="name") from None
-    if not name.isprintable():  # a line break or escape in a folder name breaks every message
-        raise ConfigError(f"found {name!r}, expected a folder name without control characters, "
-                          f"or give --out", source=source, where="name")
-    if size > NAME_MAX:
-        raise ConfigError(f"is {size} bytes long, expected at most {NAME_MAX} "
-                          f"(the run goes to runs/NAME), or give --out", source=source,
-                          where="name")
-    return Path("runs") / name
 
 
 def load_run(path, overrides=()):

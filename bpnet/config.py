@@ -88,7 +88,7 @@ CHECKPOINT = {
     "best": Option(spec.boolean, True, doc="also keep the best by validation loss"),
 }
 TOP = {
-    "name": Option(spec.text, None, doc="checked where it names a folder (api.run_folder)"),
+    "name": Option(spec.text, None, doc="checked where it names a folder (runs.run_folder)"),
     "seed": Option(spec.integer(low=0), 0),
     "threads": Option(spec.integer(low=0, high=MAX_THREADS), 0,
                       doc="BLAS threads; 0 leaves the default"),

@@ -331,9 +331,9 @@ def test_a_run_name_that_is_not_one_folder_name_is_refused_where_it_names_the_fo
 
 @pytest.mark.parametrize("name", ["mlp-v2.1_b", "moons v2 (copy)", "lr=0.1"])
 def test_any_one_folder_name_names_a_run(config_file, name):
-    from bpnet import api
+    from bpnet import runs
     assert load_config(config_file(lambda c: c.update(name=name)))["name"] == name
-    assert api.run_folder(name).parts == ("runs", name)
+    assert runs.run_folder(name).parts == ("runs", name)
 
 
 def test_odd_file_stems(tmp_path):

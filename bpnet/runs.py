@@ -1,0 +1,97 @@
+"""Run folders: where a run goes (runs/NAME), the lock that keeps one process to a run, and
+what a new or resumed folder may hold."""
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import files
+from .errors import BpnetError, ConfigError
+
+# what bpnet writes in a run folder and in its checkpoints/, by name or glob pattern
+RUN_FILES = ("metrics.csv", "config.yaml")
+CHECKPOINT_FILES = ("ckpt-*.npz", "best.npz")
+LOCK = ".bpnet-lock"  # held while a process trains the run
+WRITE_PROBE = ".bpnet-write-test"  # made and removed by earlier versions; a kill could leave it
+
+
+def run_folder(name, source=None):
+    """runs/NAME, for a name that is one folder name: a run never lands outside runs/."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(f"found {name!r}, expected a folder name without / or \\ (the run goes "
+                          f"to runs/NAME), or give --out", source=source, where="name")
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeError:
+        raise ConfigError(f"found {name!r}, which this file system cannot store in a folder "
+                          f"name, or give --out", source=source, where="name") from None
+    if not name.isprintable():  # a line break or escape in a folder name breaks every message
+        raise ConfigError(f"found {name!r}, expected a folder name without control characters, "
+                          f"or give --out", source=source, where="name")
+    if size > files.NAME_MAX:
+        raise ConfigError(f"is {size} bytes long, expected at most {files.NAME_MAX} "
+                          f"(the run goes to runs/NAME), or give --out", source=source,
+                          where="name")
+    return Path("runs") / name
+
+
+@contextmanager
+def claimed(run_dir, new):
+    """The run folder, held by this process alone while the block runs (a lock on its
+    .bpnet-lock), so that two bpnet processes never write one run. A new run's folder is
+    checked under the lock: it must hold nothing, or only what a kill left before its config
+    was written; a folder refused keeps no lock file of ours."""
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise BpnetError("is a file, not a folder for a run; choose another --out or name",
+                             source=run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BpnetError(f"cannot write the output folder: {e.strerror or e}",
+                         source=run_dir) from None
+    path = run_dir / LOCK
+    made = not path.exists()
+    with files.open_lock_file(path) as lock:
+        try:
+            if not files.hold_lock(lock):
+                raise BpnetError("another bpnet process is training this run; wait for it to "
+                                 "end, or choose another --out or name", source=run_dir)
+            if new:
+                _check_new_run_folder(run_dir)
+        except BpnetError:
+            if made:
+                path.unlink(missing_ok=True)
+            raise
+        yield
+
+
+def is_run(folder):
+    try:
+        return (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        return False
+
+
+def _check_new_run_folder(run_dir):
+    """Refuse a folder that holds anything but what a kill before the run's config was
+    written can leave (bpnet's temp files, an empty checkpoints/), and clear that."""
+    def leftover(entry):
+        if entry.name == "checkpoints" and entry.is_dir():
+            return all(files.is_stale_temp(e.name, CHECKPOINT_FILES) for e in entry.iterdir())
+        return entry.name in (LOCK, WRITE_PROBE) or files.is_stale_temp(entry.name, RUN_FILES)
+
+    try:
+        if not all(leftover(entry) for entry in run_dir.iterdir()):
+            raise BpnetError("already holds a run; choose another --out, or continue it with "
+                             "--resume", source=run_dir)
+        remove_stale_temps(run_dir)
+        (run_dir / WRITE_PROBE).unlink(missing_ok=True)
+    except OSError as e:
+        raise BpnetError(f"cannot use the output folder: {e.strerror or e}",
+                         source=run_dir) from None
+
+
+def remove_stale_temps(run_dir):
+    """Temp files left by a kill in mid-write; only the names bpnet writes, never a user's."""
+    files.remove_stale_temps(run_dir, RUN_FILES)
+    files.remove_stale_temps(run_dir / "checkpoints", CHECKPOINT_FILES)
