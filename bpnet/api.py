@@ -1,7 +1,6 @@
 """The functions behind the CLI commands, usable from Python with the same arguments."""
 
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -317,29 +316,3 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
         h = l.forward(h, train=False)
     return check_layer(net.layers[index], h, eps=eps, tol=tol, samples=samples, seed=seed,
                        progress=progress)
-
-
-def report_text(report):
-    """The gradient-check table."""
-    lines = [f"{'tensor':<14}{'elements':>10}{'checked':>9}{'skipped':>9}"
-             f"{'max abs err':>13}{'max rel err':>13}  result"]
-    for t in report.tensors:
-        lines.append(f"{t.name:<14}{t.size:>10}{t.checked:>9}{t.skipped:>9}"
-                     f"{t.max_abs_error:>13.2e}{t.max_rel_error:>13.2e}  "
-                     f"{'NOT CHECKED' if t.unchecked else 'pass' if t.passed else 'FAIL'}")
-    unchecked = [t.name for t in report.tensors if t.unchecked]
-    if unchecked:
-        lines.append(f"not checked: {', '.join(unchecked)}: every element tried straddles a kink "
-                     f"(ReLU at 0) at eps {report.eps:g}; try a smaller --eps")
-    n = sum(t.checked for t in report.tensors)
-    per = report.numeric_seconds / max(n, 1)
-    lines.append(f"eps {report.eps:g}, tol {report.tol:g}: "
-                 f"{'all passed' if report.passed else 'FAILED'}")
-    lines.append(f"cost: one backprop gradient {1000 * report.backprop_seconds:.2f} ms; "
-                 f"finite differences {report.numeric_seconds:.2f} s for {n} elements "
-                 f"({1000 * per:.3f} ms each, two forward passes)")
-    return "\n".join(lines)
-
-
-def report_json(report):
-    return json.dumps(report.to_dict(), indent=2)

@@ -140,10 +140,11 @@ def gradcheck(config, random, layer, samples, eps, tol, seed, batch, as_json, ov
 
     Example: bpnet gradcheck configs/mnist_mlp.yaml --samples 200
     """
+    import json
     from . import api
     report = api.gradcheck(config, overrides, random=random, layer=layer, samples=samples,
                            eps=eps, tol=tol, seed=seed, batch=batch, progress=sys.stderr.isatty())
-    click.echo(api.report_json(report) if as_json else api.report_text(report))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.text())
     sys.exit(0 if report.passed else 1)
 
 

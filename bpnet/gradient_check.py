@@ -57,6 +57,27 @@ class Report:
                 "backprop_seconds": self.backprop_seconds, "numeric_seconds": self.numeric_seconds,
                 "tensors": [{**asdict(t), "unchecked": t.unchecked} for t in self.tensors]}
 
+    def text(self):
+        """The table ``bpnet gradcheck`` prints."""
+        lines = [f"{'tensor':<14}{'elements':>10}{'checked':>9}{'skipped':>9}"
+                 f"{'max abs err':>13}{'max rel err':>13}  result"]
+        for t in self.tensors:
+            lines.append(f"{t.name:<14}{t.size:>10}{t.checked:>9}{t.skipped:>9}"
+                         f"{t.max_abs_error:>13.2e}{t.max_rel_error:>13.2e}  "
+                         f"{'NOT CHECKED' if t.unchecked else 'pass' if t.passed else 'FAIL'}")
+        unchecked = [t.name for t in self.tensors if t.unchecked]
+        if unchecked:
+            lines.append(f"not checked: {', '.join(unchecked)}: every element tried straddles a kink "
+                         f"(ReLU at 0) at eps {self.eps:g}; try a smaller --eps")
+        n = sum(t.checked for t in self.tensors)
+        per = self.numeric_seconds / max(n, 1)
+        lines.append(f"eps {self.eps:g}, tol {self.tol:g}: "
+                     f"{'all passed' if self.passed else 'FAILED'}")
+        lines.append(f"cost: one backprop gradient {1000 * self.backprop_seconds:.2f} ms; "
+                     f"finite differences {self.numeric_seconds:.2f} s for {n} elements "
+                     f"({1000 * per:.3f} ms each, two forward passes)")
+        return "\n".join(lines)
+
 
 def _compare(name, analytic, objective, array, kinks, eps, tol, indices, tick):
     """Central differences of ``objective`` over ``array``'s elements at ``indices``."""

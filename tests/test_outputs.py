@@ -94,7 +94,7 @@ def test_a_tensor_with_every_element_skipped_is_not_a_pass():
     (tensor,) = report.tensors
     assert (tensor.checked, tensor.skipped) == (0, 6)
     assert tensor.unchecked and not tensor.passed and not report.passed
-    text = api.report_text(report)
+    text = report.text()
     assert "NOT CHECKED" in text and "not checked: input" in text and "FAILED" in text
     assert report.to_dict()["tensors"][0]["unchecked"] is True
 
