@@ -187,6 +187,7 @@ class Net:
         for layer in self.layers:
             layer.astype(dtype)
         self.loss.dtype = self.dtype
+        self._drop_caches()  # they point into the buffers of the old dtype
         self._buffers.clear()
         return self
 

@@ -140,8 +140,9 @@ def test_predict_keeps_no_caches_and_matches_a_training_free_forward(rng):
 
 @pytest.mark.parametrize("infer", [lambda net, x, t: net.predict(x),
                                    lambda net, x, t: net.predict(x[:0]),
-                                   lambda net, x, t: net.forward(x, t, train=False)],
-                         ids=["predict", "predict-empty", "evaluate"])
+                                   lambda net, x, t: net.forward(x, t, train=False),
+                                   lambda net, x, t: net.astype(np.float32)],
+                         ids=["predict", "predict-empty", "evaluate", "astype"])
 def test_inference_after_training_leaves_no_usable_backward(rng, infer):
     """A backward after inference must be refused, as on a fresh net, not run on caches
     inference overwrote: by the net, and by each layer (the last Affine stands alone)."""
