@@ -346,17 +346,11 @@ class Dataset:
             yield rows, self.batch(rows, buffer[:len(rows)])
 
     def inputs(self, dtype=np.float32, rows=None):
-        """Scaled inputs for ``rows`` (all by default; negative rows count from the end, as
-        in numpy), as a fresh array."""
-        n = len(self)
-        if rows is None:
-            rows = np.arange(n)
-        else:
-            rows = np.asarray(rows, np.int64)
-            bad = (rows < -n) | (rows >= n)
-            if bad.any():
-                raise IndexError(f"row {rows[bad][0]} is out of bounds for a dataset of {n} examples")
-            rows = np.where(rows < 0, rows + n, rows)
+        """Scaled inputs for ``rows`` (all by default), as a fresh array. ``rows`` index as
+        in numpy (negative from the end, a boolean mask), checked by numpy: the gather is not."""
+        rows = np.arange(len(self), dtype=np.int64)[slice(None) if rows is None else rows]
+        if rows.ndim != 1:
+            raise IndexError(f"rows must be one-dimensional, found {rows.ndim} dimensions")
         return self.batch(rows, np.empty((len(rows), self.n_features), dtype))
 
     def subset(self, rows):

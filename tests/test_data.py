@@ -341,7 +341,10 @@ def test_inputs_refuses_rows_outside_the_dataset(rng):
     x = rng.integers(0, 256, (10, 6)).astype(np.uint8)
     data = Dataset(x, np.zeros(10), 0.0, 1.0, "f")
     for rows in ([12], [3, 10], [-11]):
-        with pytest.raises(IndexError, match=f"row {rows[-1]} is out of bounds for a dataset of 10"):
+        with pytest.raises(IndexError, match=f"index {rows[-1]} is out of bounds .* size 10"):
+            data.inputs(rows=rows)
+    for rows in ([1.5], [[1, 2]]):  # a fraction is no row; nor is a table of them
+        with pytest.raises(IndexError):
             data.inputs(rows=rows)
     np.testing.assert_array_equal(data.inputs(rows=[-1, 0, -10, 9]), x[[-1, 0, -10, 9]])
     assert data.inputs(rows=[]).shape == (0, 6)
