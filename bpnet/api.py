@@ -67,6 +67,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                     f"iteration {trainer.iteration}")
             else:  # stopped before its first checkpoint: nothing was lost but time
                 log(f"{run_dir} has no checkpoint yet; training from the start")
+            trainer.keep_best(run_dir / "checkpoints" / "best.npz")
         (run_dir / "checkpoints").mkdir(exist_ok=True)  # first: with config.yaml it marks a run
         save_config(cfg, run_dir)
         return run_dir, trainer.run()

@@ -365,6 +365,19 @@ class Trainer:
         self.order = order
         self._write_metrics()
 
+    def keep_best(self, path):
+        """Let the run's ``best.npz`` at ``path``, if any, set the bar for replacing it: a
+        resume may start from an older checkpoint (``checkpoint.every`` > 1, or none yet) than
+        the epoch that saved it, and must not put a worse network in its place."""
+        path = Path(path)
+        if not path.is_file():
+            return
+        _, meta = ckpt.load(path)
+        ckpt.check_meta(meta, path, COLUMNS)
+        if meta["best_val"] is not None and (self.best_val is None
+                                             or meta["best_val"] < self.best_val):
+            self.best_val = meta["best_val"]
+
     def _write_metrics(self):
         text = io.StringIO()
         writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")

@@ -644,3 +644,21 @@ def test_stopped_and_resumed_equals_one_run(tmp_path, monkeypatch, overrides):
         assert np.array_equal(a[key], b[key]), key
     assert (tmp_path / "whole" / "metrics.csv").read_text().count("\n") == \
         (tmp_path / "stopped" / "metrics.csv").read_text().count("\n")
+
+
+@pytest.mark.parametrize("keep", ["none", "first"])
+def test_a_resume_from_before_the_best_epoch_keeps_best_npz_unless_beaten(tmp_path, keep):
+    """best.npz can be newer than the checkpoint a resume starts from (checkpoint.every > 1,
+    a kill, every numbered checkpoint gone): a worse network must not replace it."""
+    api.train(write_tiny(tmp_path, **{"solver.epochs": 4}), out=tmp_path / "run", quiet=True,
+              overrides=["checkpoint.keep=0"])
+    folder = tmp_path / "run" / "checkpoints"
+    best = (folder / "best.npz").read_bytes()
+    best_val = ckpt.load(folder / "best.npz")[1]["best_val"]
+    for path in ckpt.list_checkpoints(folder)[1 if keep == "first" else 0:]:
+        path.unlink()
+    # epoch 1 (or 2) again, at a rate that leaves the validation loss above the best one's
+    _, rows = api.train(resume=tmp_path / "run", quiet=True,
+                        overrides=["solver.epochs=2", "solver.lr=1e-6"])
+    assert all(r["val_loss"] > best_val for r in rows)
+    assert (folder / "best.npz").read_bytes() == best
