@@ -15,7 +15,9 @@ class BpnetError(Exception):
         self.where = where
         self.detail = message
         prefix = ": ".join(str(p) for p in (self.source, where) if p not in (None, ""))
-        super().__init__(f"{prefix}: {message}" if prefix else message)
+        # names and values come from files (a YAML key, a CSV header, an npz member): a line
+        # break or terminal escape in one must not break the one-line message
+        super().__init__(_printable(f"{prefix}: {message}" if prefix else message))
 
 
 class ConfigError(BpnetError):

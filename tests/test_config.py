@@ -364,3 +364,12 @@ def test_a_uniform_init_range_numpy_cannot_draw_from_is_refused(config_file):
     message = error_of(config_file(lambda c: c["net"]["layers"][0].update(
         init={"type": "uniform", "range": 1e308})))
     assert "net.layers[0].init: found" in message and "range: a finite number > 0 and <= 1e+300" in message
+
+
+@pytest.mark.parametrize("key", ["a\nINJECTED: b", "x\x1b[2Jy", "tab\there"])
+def test_a_key_with_a_line_break_or_escape_stays_on_one_printable_line(config_file, key):
+    """An unknown key is named in the message: what the file holds must not break the line
+    or reach the terminal as an escape sequence."""
+    message = error_of(config_file(lambda c: c["solver"].update({key: 1})))
+    assert message.isprintable() and "unknown key" in message
+    assert repr(key)[1:-1] in message
