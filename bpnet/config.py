@@ -135,9 +135,27 @@ class _YAMLValueError(yaml.YAMLError):
         self.problem, self.problem_mark = problem, mark
 
 
+MAX_YAML_VALUES = 100_000  # a config holds hundreds; aliases of aliases can make billions
+
+
 def _parse_yaml(text):
     """The YAML in ``text``; raises yaml.YAMLError, or RecursionError when nested too deeply."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
+    return _unshared(yaml.load(text, Loader=_Loader), [MAX_YAML_VALUES])  # SafeLoader: plain data
+
+
+def _unshared(value, budget):
+    """``value`` with every list and mapping copied: a YAML alias makes two keys share one
+    object, and ``--set`` on one must not change the other. Counts values against ``budget``
+    (a one-item list) so that aliases of aliases are refused, not expanded until memory ends."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _YAMLValueError(f"more than {MAX_YAML_VALUES:,} values (aliases repeating "
+                              f"aliases?); a config needs far fewer", None)
+    if isinstance(value, dict):
+        return {k: _unshared(v, budget) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v, budget) for v in value]
+    return value
 
 
 def load_yaml(path):

@@ -1,5 +1,7 @@
 """The errors bpnet reports to people: one line, naming the file and the key or line."""
 
+from itertools import islice
+
 
 class BpnetError(Exception):
     """A problem the user can fix (a bad config, data file, checkpoint or option).
@@ -49,5 +51,21 @@ def _printable(text):
 
 def describe(value):
     """Show a config value the way the user typed it, short enough for one line."""
-    text = repr(value)
+    text = _short(value, 3)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _short(value, depth):
+    """repr, but a container shows only its first items and levels: a value from YAML aliases
+    can hold billions, and its full repr would never finish."""
+    if not isinstance(value, (dict, list)):
+        return repr(value)
+    if depth == 0:
+        return "{...}" if isinstance(value, dict) else "[...]"
+    if isinstance(value, dict):
+        parts = [f"{k!r}: {_short(v, depth - 1)}" for k, v in islice(value.items(), 7)]
+    else:
+        parts = [_short(v, depth - 1) for v in value[:7]]
+    if len(value) > 6:
+        parts[6:] = ["..."]
+    return ("{%s}" if isinstance(value, dict) else "[%s]") % ", ".join(parts)

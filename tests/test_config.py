@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bpnet.config import LR_POLICIES, SOLVERS, load_config
-from bpnet.errors import ConfigError
+from bpnet.errors import ConfigError, describe
 from bpnet.layers import LAYERS
 from bpnet.losses import LOSSES
 
@@ -373,3 +373,35 @@ def test_a_key_with_a_line_break_or_escape_stays_on_one_printable_line(config_fi
     message = error_of(config_file(lambda c: c["solver"].update({key: 1})))
     assert message.isprintable() and "unknown key" in message
     assert repr(key)[1:-1] in message
+
+
+def _alias_bomb(levels=9):
+    lines = ["  - &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, levels):
+        prev, name = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"  - &{name} [{', '.join(['*' + prev] * 10)}]")
+    return "seed:\n" + "\n".join(lines) + "\n"
+
+
+def test_aliases_of_aliases_are_refused_not_expanded(tmp_path):
+    """Nine lines that expand to a billion values: refused at once, in the file or a --set."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    with pytest.raises(ConfigError, match="bomb.yaml: YAML error: more than 100,000 values"):
+        load_config(path)
+    items = ["&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]
+    small = tmp_path / "small.yaml"
+    small.write_text("net: {input: 2, loss: mse, layers: [{type: affine, out: 1}]}\n")
+    with pytest.raises(ConfigError, match="--set: seed: value .* more than 100,000 values"):
+        load_config(small, [f"seed=[{', '.join(items)}]"])
+    assert describe(list(range(100))) == "[0, 1, 2, 3, 4, 5, ...]"  # never the whole list
+
+
+def test_a_set_through_a_yaml_alias_changes_that_key_alone(tmp_path):
+    path = tmp_path / "anchor.yaml"
+    path.write_text("net:\n  input: 4\n  loss: mse\n  layers:\n"
+                    "    - {name: fc1, type: affine, out: 3, init: &g {type: gaussian, std: 0.1}}\n"
+                    "    - {name: fc2, type: affine, out: 2, init: *g}\n")
+    cfg = load_config(path, ["net.layers[0].init.std=0.5"])
+    assert [layer["init"]["std"] for layer in cfg["net"]["layers"]] == [0.5, 0.1]
