@@ -60,8 +60,10 @@ def parse_init(value, where, source):
         raise ConfigError(f"found {value!r}, expected {e}", source=source, where=where) from None
 
 
-def initialize(init, shape, rng, dtype):
-    """A new array of ``shape`` filled as ``init`` (a parsed initialiser) says."""
+def initialize(init, shape, rng, dtype, where=None, source=None):
+    """A new array of ``shape`` filled as ``init`` (a parsed initialiser) says; a ConfigError
+    naming ``where`` if a value does not fit ``dtype`` (std 1e308 in float32 gives inf, which
+    would show up later as a NaN loss, blamed on the learning rate)."""
     kind = init["type"]
     n_out, n_in = shape if len(shape) == 2 else (shape[0], 1)
     n = {"fan_in": n_in, "fan_out": n_out, "average": (n_in + n_out) / 2}.get(
@@ -79,4 +81,10 @@ def initialize(init, shape, rng, dtype):
         data = rng.uniform(-init["range"], init["range"], shape)
     else:
         data = np.full(shape, init["value"])
-    return np.ascontiguousarray(data, dtype=dtype)
+    with np.errstate(over="ignore"):
+        data = np.ascontiguousarray(data, dtype=dtype)
+    if not np.isfinite(data).all():
+        raise ConfigError(f"draws values beyond the range of {np.dtype(dtype)} (about "
+                          f"{float(np.finfo(dtype).max):.3g}); choose a smaller scale",
+                          source=source, where=where)
+    return data

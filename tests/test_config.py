@@ -4,6 +4,7 @@ and ``--set`` overrides."""
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bpnet.config import LR_POLICIES, SOLVERS, load_config
@@ -364,6 +365,20 @@ def test_a_uniform_init_range_numpy_cannot_draw_from_is_refused(config_file):
     message = error_of(config_file(lambda c: c["net"]["layers"][0].update(
         init={"type": "uniform", "range": 1e308})))
     assert "net.layers[0].init: found" in message and "range: a finite number > 0 and <= 1e+300" in message
+
+
+@pytest.mark.parametrize("key,init", [
+    ("init", {"type": "gaussian", "std": 1e300}),
+    ("init", {"type": "uniform", "range": 1e300}),
+    ("bias_init", {"type": "constant", "value": -1e39})])
+def test_initial_weights_beyond_float32_name_the_initialiser(config_file, key, init):
+    """They would be inf in training, and the NaN loss that follows blamed on solver.lr."""
+    from bpnet.build import build_net
+    path = config_file(lambda c: c["net"]["layers"][0].update({key: init}))
+    with pytest.raises(ConfigError, match=rf"tiny.yaml: net.layers\[0\].{key}: draws values "
+                                          rf"beyond the range of float32"):
+        build_net(load_config(path), n_in=4, source=path)
+    build_net(load_config(path), n_in=4, dtype=np.float64, source=path)  # fits float64
 
 
 @pytest.mark.parametrize("key", ["a\nINJECTED: b", "x\x1b[2Jy", "tab\there"])

@@ -36,9 +36,11 @@ class Affine(Layer):
         rng = rng if rng is not None else np.random.default_rng(0)
         shape = (options["out"], n_in)
         lr_mult, decay_mult = options["lr_mult"], options["decay_mult"]
-        self.W = Param(f"{name}.W", initialize(self.options["init"], shape, rng, dtype),
-                       lr_mult=lr_mult, decay_mult=decay_mult)
-        self.b = Param(f"{name}.b", initialize(self.options["bias_init"], shape[:1], rng, dtype),
+        W = initialize(self.options["init"], shape, rng, dtype, f"{where}.init", source)
+        b = initialize(self.options["bias_init"], shape[:1], rng, dtype, f"{where}.bias_init",
+                       source)
+        self.W = Param(f"{name}.W", W, lr_mult=lr_mult, decay_mult=decay_mult)
+        self.b = Param(f"{name}.b", b,
                        lr_mult=_given(options["bias_lr_mult"], lr_mult),
                        decay_mult=_given(options["bias_decay_mult"], decay_mult))
         self.params = [self.W, self.b]
