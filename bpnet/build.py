@@ -53,9 +53,12 @@ def build_net(cfg, n_in=None, dtype=np.float32, source=None):
 def _too_large(layer_cfg, width, width_from, where, source):
     out = layer_cfg.get("out")
     shape = f"{width} inputs (from {width_from})" + ("" if out is None else f" and {out} outputs")
+    # blame the larger of the two widths, where a key gave it
+    blame_input = width_from != "the data" and (out is None or width > out)
     return ConfigError(f"layer {layer_cfg['name']!r} ({layer_cfg['type']}) with {shape} is too "
                        f"large to allocate", source=source,
-                       where=f"{where}.out" if out is not None else where)
+                       where=width_from if blame_input else f"{where}.out" if out is not None
+                       else where)
 
 
 def input_width(cfg):

@@ -187,7 +187,26 @@ def load_config(path, overrides=()):
                           f"{', '.join(TOP)}", source=path, where="top level")
     for expr in overrides:
         apply_override(raw, expr)
-    return resolve(raw, source=path, base=Path(path).resolve().parent)
+    try:
+        return resolve(raw, source=path, base=Path(path).resolve().parent)
+    except ConfigError as e:
+        if not _from_overrides(e.where, overrides):
+            raise
+        raise ConfigError(f"{e.detail} (the value given with --set)", source=path,
+                          where=e.where) from None
+
+
+def _from_overrides(where, overrides):
+    """Whether the key path ``where`` lies in, or holds, a key set by ``--set``: then the value
+    at fault came from the command line, not from the file."""
+    if not where:
+        return False
+    for expr in overrides:
+        key = expr.partition("=")[0].strip()
+        if any(a == b or a.startswith(b + ".") or a.startswith(b + "[")
+               for a, b in ((where, key), (key, where))):
+            return True
+    return False
 
 
 def resolve(raw, source=None, base=Path(".")):

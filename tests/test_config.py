@@ -272,8 +272,16 @@ def test_a_network_too_large_to_allocate_names_the_key(config_file, expr, where)
     with pytest.raises(ConfigError) as info:
         build_net(cfg, source=path)
     message = str(info.value)
-    assert message.startswith(f"{path}: net.layers[0].out: layer 'fc1'") and where in message
+    assert message.startswith(f"{path}: {where}: layer 'fc1'")  # the larger width's key
     assert "too large" in message
+
+
+def test_a_bad_value_from_the_command_line_says_so(config_file):
+    message = error_of(config_file(), ["solver.lr=abc"])
+    assert message.endswith("solver.lr: found 'abc', expected a finite number > 0 (the value "
+                            "given with --set)")
+    message = error_of(config_file(lambda c: c["solver"].update(lr="abc")), ["solver.momentum=0"])
+    assert message.endswith("expected a finite number > 0")  # from the file
 
 
 def test_deeply_nested_yaml_is_a_config_error(tmp_path):
