@@ -301,10 +301,8 @@ def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=
     else:
         session = open_session(cfg, source=config, dtype=np.float64, splits=("train",))
         net, train = session.net, session.splits["train"]
-        rows = np.sort(rng.choice(len(train), min(batch, len(train)), replace=False))
-        x, t = train.inputs(np.float64, rows), train.y[rows]
-        if t.dtype != np.int64:
-            t = t.astype(np.float64)
+        x, t = train.examples(np.sort(rng.choice(len(train), min(batch, len(train)),
+                                                 replace=False)))
     if layer is None:
         return check_net(net, x, t, eps=eps, tol=tol, samples=samples, seed=seed, progress=progress)
     names = [l.name for l in net.layers]

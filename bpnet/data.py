@@ -353,5 +353,10 @@ class Dataset:
             raise IndexError(f"rows must be one-dimensional, found {rows.ndim} dimensions")
         return self.batch(rows, np.empty((len(rows), self.n_features), dtype))
 
+    def examples(self, rows, dtype=np.float64):
+        """(inputs, targets) of ``rows`` for a check in ``dtype``; class labels stay int64."""
+        t = self.y[rows]
+        return self.inputs(dtype, rows), t if t.dtype == np.int64 else t.astype(dtype)
+
     def subset(self, rows):
         return Dataset(self.x[rows], self.y[rows], self.mean, self.scale, self.source)

@@ -66,19 +66,13 @@ def init_stats(config, overrides=(), inits=None, variances=None, batch=500, seed
 
 def _batch(cfg, source, batch, seed):
     """Inputs (batch, n_in) float64 and targets for one forward pass."""
-    rng = np.random.default_rng(seed)
     if cfg["data"] is None:
+        from .diagnostics import random_batch
         net = build_net(cfg, None, dtype=np.float64, source=source)
-        x = rng.standard_normal((batch, net.n_in))
-        if net.loss.target_kind == "class":
-            return x, rng.integers(0, net.n_out, batch)
-        return x, np.zeros((batch, net.n_out))
+        return random_batch(net, batch, np.random.default_rng(seed))
     from .session import open_session
-    session = open_session(cfg, source=source, dtype=np.float64, splits=("train",))
-    train = session.splits["train"]
-    rows = np.arange(min(batch, len(train)))
-    t = train.y[rows]
-    return train.inputs(np.float64, rows), t if t.dtype == np.int64 else t.astype(np.float64)
+    train = open_session(cfg, source=source, dtype=np.float64, splits=("train",)).splits["train"]
+    return train.examples(np.arange(min(batch, len(train))))
 
 
 def _build(cfg, source, n_in, init):
