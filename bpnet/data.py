@@ -91,8 +91,8 @@ def _read_exactly(stream, n, path):
     while got < n:
         part = stream.read(min(_CHUNK, n - got))
         if not part:
-            raise DataError(f"truncated: the header promises {n} data bytes, the file holds {got}",
-                            source=path)
+            raise DataError(f"truncated: the header promises {n} data bytes, the file holds "
+                            f"{got} after the header", source=path)
         parts.append(part)
         got += len(part)
     if stream.read(1):
@@ -135,8 +135,8 @@ def _check_size_plausible(path, n_bytes, header_len):
             raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, more "
                             f"than {size} compressed bytes can hold", source=path)
     elif n_bytes > size - header_len:
-        raise DataError(f"truncated or bad header: it promises {n_bytes} data bytes, the file has "
-                        f"{size} bytes in all", source=path)
+        raise DataError(f"truncated or bad header: it promises {header_len} header bytes and "
+                        f"{n_bytes} data bytes, the file has {size} bytes", source=path)
 
 
 def read_npz(path, x_key, y_key):

@@ -64,7 +64,10 @@ def test_idx_reads_the_shipped_mnist_labels():
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_idx_truncated_data(tmp_path, suffix):
     data = idx_bytes(np.zeros((10, 8, 8), np.uint8))
-    assert "truncated" in idx_error(write(tmp_path / f"t.idx{suffix}", data[:-1]))
+    # the numbers add up: 16 header bytes and 640 data bytes are 656, one more than the file's
+    expected = ("truncated: the header promises 640 data bytes, the file holds 639 after the header"
+                if suffix else "it promises 16 header bytes and 640 data bytes, the file has 655 bytes")
+    assert idx_error(write(tmp_path / f"t.idx{suffix}", data[:-1])).endswith(expected)
     # far too short: plain files fail on their size, .gz files on their stored length
     message = idx_error(write(tmp_path / f"u.idx{suffix}", data[:200]))
     assert "truncated" in message or "does not hold" in message
