@@ -215,10 +215,10 @@ def _csv_spec(path, train, net, labels):
 def _csv_columns(path, header, delimiter):
     """(cells per row, header names or []) from a CSV's first row; (None, []) when it cannot be
     read, which read_csv then reports in full."""
-    from .data import is_float
+    from .data import CSV_ENCODING, is_float
 
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding=CSV_ENCODING) as f:
             for cells in csv.reader(f, delimiter=delimiter):
                 if any(c.strip() for c in cells):
                     if header == "auto":

@@ -16,6 +16,8 @@ import numpy as np
 from . import kernels
 from .errors import DataError
 
+# UTF-8, without the byte-order mark that Excel's "CSV UTF-8" puts before the first name
+CSV_ENCODING = "utf-8-sig"
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CHUNK = 1 << 22
 
@@ -170,7 +172,7 @@ def read_npz(path, x_key, y_key):
 def read_csv(path, label, header="auto", delimiter=","):
     """Features and label column(s) from a CSV; the header is detected when ``auto``."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding=CSV_ENCODING) as f:
             rows = list(csv.reader(f, delimiter=delimiter))
     except FileNotFoundError:
         raise DataError("file not found", source=path) from None

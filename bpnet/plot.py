@@ -53,10 +53,10 @@ def read_metrics(run_dir):
     except OSError as e:
         raise BpnetError(f"cannot read: {e.strerror or e}", source=path) from None
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise BpnetError(f"byte {raw[e.start]:#04x} is not UTF-8 text", source=path,
+        text = raw.decode("utf-8-sig")  # a spreadsheet's save may put a byte-order mark first
+    except UnicodeDecodeError as e:  # e.object: the bytes after any byte-order mark
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise BpnetError(f"byte {e.object[e.start]:#04x} is not UTF-8 text", source=path,
                          where=f"line {line}") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = []

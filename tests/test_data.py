@@ -232,6 +232,16 @@ def test_csv_several_label_columns(tmp_path):
     np.testing.assert_array_equal(y, [[0, 1], [1, 0]])
 
 
+def test_csv_with_a_byte_order_mark(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with one: it is not part of the first name."""
+    (tmp_path / "bom.csv").write_bytes("\ufefflabel,b,c\n0,2,3\n1,5,6\n".encode())
+    x, y = read_csv(tmp_path / "bom.csv", "label")
+    np.testing.assert_array_equal(x, [[2, 3], [5, 6]])
+    np.testing.assert_array_equal(y, [0, 1])
+    (tmp_path / "n.csv").write_bytes("\ufeff7,8,9\n1,2,3\n".encode())
+    assert len(read_csv(tmp_path / "n.csv", 0)[0]) == 2  # numbers first: no header
+
+
 def test_csv_other_delimiter_and_blank_lines(tmp_path):
     x, y = read_csv(write_csv(tmp_path, "a;y\n\n1.5;0\n\n2.5;1\n"), "y", delimiter=";")
     np.testing.assert_array_equal(x, [[1.5], [2.5]])

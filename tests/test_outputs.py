@@ -152,6 +152,15 @@ def test_plot_names_the_line_of_bytes_that_are_not_utf8(metrics_run, capsys):
     assert "metrics.csv: line 4:" in line and "not UTF-8" in line
 
 
+def test_plot_reads_a_metrics_csv_saved_with_a_byte_order_mark(metrics_run):
+    (metrics_run / "metrics.csv").write_bytes(("\ufeff" + HEADER + ROWS).encode())
+    assert [row["epoch"] for row in plot.read_metrics(metrics_run)] == [1.0, 2.0]
+    with open(metrics_run / "metrics.csv", "ab") as f:
+        f.write(b"3,30,0.1,0.4,0.8,0.5,\xff\n")
+    with pytest.raises(BpnetError, match="metrics.csv: line 4: byte 0xff is not UTF-8"):
+        plot.read_metrics(metrics_run)
+
+
 def test_read_metrics_still_reads_empty_cells_as_none(metrics_run):
     (metrics_run / "metrics.csv").write_text(HEADER + "1,10,0.1,0.9,,,\n")
     assert plot.read_metrics(metrics_run) == [{"epoch": 1.0, "iteration": 10.0, "lr": 0.1,
@@ -270,6 +279,15 @@ def test_eval_and_predict_on_a_csv_read_it_as_the_training_csv(csv_run, tmp_path
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     table = np.loadtxt(tmp_path / "a.csv", delimiter=",", skiprows=1)
     assert np.mean(table[:, 0] == y) == pytest.approx(result["accuracy"])
+
+
+def test_predict_finds_the_label_column_of_a_csv_with_a_byte_order_mark(csv_run, tmp_path):
+    x, y = tiny_problem(20, seed=2)
+    plain = write_csv(tmp_path / "plain.csv", y[:, None], x, ";", ["cls", "a", "b", "c", "d"])
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    bpnet("predict", csv_run, plain, "--out", tmp_path / "a.csv")
+    bpnet("predict", csv_run, tmp_path / "bom.csv", "--out", tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
 
 
 def test_predict_on_a_csv_of_the_wrong_width_names_the_mismatch(csv_run, tmp_path, capsys):
