@@ -173,7 +173,12 @@ def read_csv(path, label, header="auto", delimiter=","):
     """Features and label column(s) from a CSV; the header is detected when ``auto``."""
     try:
         with open(path, newline="", encoding=CSV_ENCODING) as f:
-            rows = list(csv.reader(f, delimiter=delimiter))
+            try:
+                rows = list(csv.reader(f, delimiter=delimiter))
+            except UnicodeDecodeError:  # its position is one inside the decoder's read buffer
+                f.buffer.seek(0)
+                decode_csv(f.buffer.read(), path)  # raises, naming the line
+                raise
     except FileNotFoundError:
         raise DataError("file not found", source=path) from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -203,6 +208,17 @@ def read_csv(path, label, header="auto", delimiter=","):
     _check_finite(values, x, features, body, path)
     y = values[:, columns]
     return x, (y[:, 0] if not isinstance(label, list) else y)
+
+
+def decode_csv(raw, path):
+    """The text of a CSV file's bytes, or a DataError naming the line of a byte that is not
+    UTF-8."""
+    try:
+        return raw.decode(CSV_ENCODING)
+    except UnicodeDecodeError as e:  # e.object: the bytes after any byte-order mark
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise DataError(f"byte {e.object[e.start]:#04x} is not UTF-8 text", source=path,
+                        where=f"line {line}") from None
 
 
 def _check_finite(values, x, features, body, path):

@@ -10,6 +10,7 @@ import io
 import math
 from pathlib import Path
 
+from .data import decode_csv
 from .errors import BpnetError
 from .files import replacing
 
@@ -52,13 +53,7 @@ def read_metrics(run_dir):
                          source=run_dir) from None
     except OSError as e:
         raise BpnetError(f"cannot read: {e.strerror or e}", source=path) from None
-    try:
-        text = raw.decode("utf-8-sig")  # a spreadsheet's save may put a byte-order mark first
-    except UnicodeDecodeError as e:  # e.object: the bytes after any byte-order mark
-        line = e.object.count(b"\n", 0, e.start) + 1
-        raise BpnetError(f"byte {e.object[e.start]:#04x} is not UTF-8 text", source=path,
-                         where=f"line {line}") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(decode_csv(raw, path), newline=""))
     rows = []
     try:
         for cells in reader:

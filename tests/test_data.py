@@ -242,6 +242,15 @@ def test_csv_with_a_byte_order_mark(tmp_path):
     assert len(read_csv(tmp_path / "n.csv", 0)[0]) == 2  # numbers first: no header
 
 
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_csv_byte_that_is_not_utf8_names_the_line(tmp_path, bom):
+    """Far into the file: the decoder's own position is one inside its read buffer."""
+    rows = b"".join(b"%d,%d\n" % (i, i % 2) for i in range(20_000))
+    (tmp_path / "d.csv").write_bytes(bom + b"a,y\n" + rows + b"1,\xff\n" + rows)
+    with pytest.raises(DataError, match=r"d\.csv: line 20002: byte 0xff is not UTF-8 text$"):
+        read_csv(tmp_path / "d.csv", "y")
+
+
 def test_csv_other_delimiter_and_blank_lines(tmp_path):
     x, y = read_csv(write_csv(tmp_path, "a;y\n\n1.5;0\n\n2.5;1\n"), "y", delimiter=";")
     np.testing.assert_array_equal(x, [[1.5], [2.5]])
