@@ -192,7 +192,7 @@ def read_csv(path, label, header="auto", delimiter=","):
     body = rows[1:] if header else rows
     width = len(rows[0][1])
     labels = label if isinstance(label, list) else [label]
-    columns = [_column(c, names, width, path) for c in labels]
+    columns = [_column(c, names, width, path, rows[0][0]) for c in labels]
     values = np.empty((len(body), width), np.float64)
     for i, (line, row) in enumerate(body):
         if len(row) != width:
@@ -247,12 +247,17 @@ def is_float(text):
         return False
 
 
-def _column(label, names, width, path):
+def _column(label, names, width, path, header_line):
     if isinstance(label, str):
         if label not in names:
             raise DataError(f"no column named {label!r}; columns: {', '.join(names) or '(no header)'}",
                             source=path)
-        return names.index(label)
+        found = [j for j, name in enumerate(names) if name == label]
+        if len(found) > 1:  # taking the first would make the others input features unnoticed
+            raise DataError(f"{len(found)} columns are named {label!r} (columns "
+                            f"{', '.join(str(j + 1) for j in found)}); a label must name one "
+                            f"column", source=path, where=f"line {header_line}")
+        return found[0]
     if not -width <= label < width:
         raise DataError(f"label column {label} does not exist; rows have {width} cells", source=path)
     return label % width

@@ -294,6 +294,18 @@ def test_csv_unknown_label_column(tmp_path):
         read_csv(path, 3)
 
 
+def test_csv_label_named_by_two_columns_is_refused(tmp_path):
+    """The second 'label' was silently read as an input feature."""
+    path = write_csv(tmp_path, "\na,b,label,label\n1,2,0,1\n")
+    with pytest.raises(DataError, match=r"d\.csv: line 2: 2 columns are named 'label' "
+                                        r"\(columns 3, 4\); a label must name one column$"):
+        read_csv(path, "label")
+    with pytest.raises(DataError, match="columns are named 'label'"):
+        read_csv(path, ["a", "label"])
+    x, _ = read_csv(write_csv(tmp_path, "a,a,label\n1,2,0\n", "f.csv"), "label")
+    np.testing.assert_array_equal(x, [[1, 2]])  # a name no label uses may repeat
+
+
 def test_csv_empty_and_missing(tmp_path):
     with pytest.raises(DataError, match="no rows"):
         read_csv(write_csv(tmp_path, "\n\n"), 0)
