@@ -8,7 +8,9 @@ allocating.
 """
 
 import csv
+import math
 import zlib
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +144,12 @@ def _check_size_plausible(path, n_bytes, header_len):
 
 
 def read_npz(path, x_key, y_key):
-    """Two arrays from an .npz file, loaded without pickle."""
+    """Two arrays from an .npz file, loaded without pickle.
+
+    Their .npy headers are read and checked first, against the sizes the archive records and
+    against each other: 2 MB of compressed zeros inflate to 2 GB, which must not be read to
+    find that there are too few labels for them.
+    """
     try:
         z = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped, not read, if an .npy
         if not isinstance(z, np.lib.npyio.NpzFile):
@@ -153,13 +160,11 @@ def read_npz(path, x_key, y_key):
             if missing:
                 raise DataError(f"no array named {missing[0]!r}; the file has "
                                 f"{', '.join(z.files) or 'none'}", source=path)
+            _check_examples(_npy_head(z.zip, x_key, path), _npy_head(z.zip, y_key, path), path)
             return z[x_key], z[y_key]
     except FileNotFoundError:
         raise DataError("file not found", source=path) from None
     except ValueError as e:
-        if "Object arrays" in str(e):
-            raise DataError("holds an object array, which bpnet never loads (it would need "
-                            "pickle)", source=path) from None
         if "pickled" in str(e):  # numpy's word for any file that is neither .npz nor .npy
             raise DataError("not a valid .npz file: no zip archive inside", source=path) from None
         raise DataError(f"not a valid .npz file: {e}", source=path) from None
@@ -167,6 +172,34 @@ def read_npz(path, x_key, y_key):
         raise
     except Exception as e:  # zip, zlib and header failures alike: the file is not a usable .npz
         raise DataError(f"not a valid .npz file ({type(e).__name__}: {e})", source=path) from None
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+_Head = namedtuple("_Head", "shape dtype")
+
+
+def _npy_head(archive, key, path):
+    """The shape and dtype of array ``key`` of an .npz's zip ``archive``, from its .npy header
+    alone, checked against the size the archive records for it."""
+    name = key if key in archive.namelist() else key + ".npy"  # as NpzFile finds it
+    size = archive.getinfo(name).file_size
+    with archive.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADER_READERS:
+            raise DataError(f"array {key!r} is in .npy format {version[0]}.{version[1]}, "
+                            f"expected 1.0 or 2.0", source=path)
+        shape, _, dtype = _NPY_HEADER_READERS[version](f)
+        header_len = f.tell()
+    if dtype.hasobject:
+        raise DataError("holds an object array, which bpnet never loads (it would need "
+                        "pickle)", source=path)
+    n_bytes = math.prod(shape) * dtype.itemsize
+    if header_len + n_bytes != size:
+        raise DataError(f"array {key!r}: truncated or bad header: it promises {header_len} header "
+                        f"bytes and {n_bytes} data bytes (shape {shape}, {dtype}), the archive "
+                        f"holds {size} bytes for it", source=path)
+    return _Head(shape, dtype)
 
 
 def read_csv(path, label, header="auto", delimiter=","):
@@ -276,23 +309,29 @@ def read_dataset(spec):
     else:
         x, y = read_csv(spec["path"], spec["label"], spec["header"], spec["delimiter"])
         source = spec["path"]
-    if x.dtype.kind not in "uif" or y.dtype.kind not in "uifb":
-        raise DataError(f"arrays have dtypes {x.dtype} and {y.dtype}, expected numbers", source=source)
+    _check_examples(x, y, source)
     x, y = _native(x), _native(y)
-    if x.ndim == 0 or y.ndim == 0:
-        raise DataError(f"arrays have shapes {x.shape} and {y.shape}, expected one example per "
-                        f"row", source=source)
-    if len(x) == 0:
-        raise DataError("the dataset is empty", source=source)
-    if len(x) != len(y):
-        raise DataError(f"{len(x)} inputs but {len(y)} labels", source=source)
     x = np.ascontiguousarray(x.reshape(len(x), -1))
-    if x.shape[1] == 0:
-        raise DataError("the examples have no features", source=source)
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
         raise DataError(f"input of example {row} has a NaN or infinite value", source=source)
     return x, y, source
+
+
+def _check_examples(x, y, source):
+    """Refuse inputs ``x`` and labels ``y`` that cannot be a dataset, from their shapes and
+    dtypes alone: arrays, or .npy headers before their data is read."""
+    if x.dtype.kind not in "uif" or y.dtype.kind not in "uifb":
+        raise DataError(f"arrays have dtypes {x.dtype} and {y.dtype}, expected numbers", source=source)
+    if len(x.shape) == 0 or len(y.shape) == 0:
+        raise DataError(f"arrays have shapes {x.shape} and {y.shape}, expected one example per "
+                        f"row", source=source)
+    if x.shape[0] == 0:
+        raise DataError("the dataset is empty", source=source)
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{x.shape[0]} inputs but {y.shape[0]} labels", source=source)
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError("the examples have no features", source=source)
 
 
 def _native(a):

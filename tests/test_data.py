@@ -179,6 +179,35 @@ def test_npz_broken_and_missing_files(tmp_path):
         read_npz(tmp_path / "none.npz", "x", "y")
 
 
+def test_npz_shapes_are_checked_from_the_headers_before_any_data_is_read(tmp_path):
+    """32 MB of zeros compress to 32 KB; inflating them to find 10 labels took all of it."""
+    import tracemalloc
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, x=np.zeros((1_000_000, 8), np.float32), y=np.zeros(10, np.int64))
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"bomb\.npz: 1000000 inputs but 10 labels$"):
+        read_npz(path, "x", "y")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2_000_000
+
+
+def test_npz_header_promising_more_than_the_archive_holds(tmp_path):
+    """A header claiming 1.6 TB was refused only when allocating it failed."""
+    import io
+    import zipfile
+    x, y = io.BytesIO(), io.BytesIO()
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((5, 4), np.float32))
+    np.lib.format.write_array_header_1_0(x, {**header, "shape": (10**11, 4)})
+    np.save(y, np.zeros(5))
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("x.npy", x.getvalue() + b"\0" * 80)
+        z.writestr("y.npy", y.getvalue())
+    with pytest.raises(DataError, match=r"big\.npz: array 'x': truncated or bad header: it "
+                                        r"promises 128 header bytes and 1600000000000 data bytes"):
+        read_npz(tmp_path / "big.npz", "x", "y")
+
+
 def test_npy_file_named_npz_is_not_an_archive(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((3, 2)))
     (tmp_path / "a.npy").rename(tmp_path / "a.npz")
