@@ -117,8 +117,8 @@ def _dataset_for(session, data, labels=True):
     """The dataset ``--data`` names: a split, or a data or config file to read.
 
     A .npz or .csv file is read with the training data's options (array names; label columns,
-    header and delimiter) when it has the same format. Without ``labels`` (predict) the file
-    may hold features only, and the Dataset has no targets.
+    header and delimiter) when it has the same format. Without ``labels`` (predict) no labels
+    are read or checked: the file may hold features only, and the Dataset has no targets.
     """
     from .data import Dataset, read_dataset
     if data in SPLITS:
@@ -131,12 +131,12 @@ def _dataset_for(session, data, labels=True):
         if spec is None:
             raise ConfigError("has no data.test or data.train to evaluate on", source=path)
     elif path.suffix == ".npz":
-        spec = _npz_spec(path, train, labels)
+        spec = _npz_spec(path, train)
     elif path.suffix == ".csv":
         spec = _csv_spec(path, train, session.net, labels)
     else:
         raise DataError("expected a .npz, .csv or config .yaml file", source=path)
-    x, y, source = read_dataset(spec)
+    x, y, source = read_dataset(spec, labels)
     n_in = session.net.n_in
     if x.shape[1] != n_in:
         raise DataError(f"examples have {x.shape[1]} features, the network takes {n_in}",
@@ -146,23 +146,11 @@ def _dataset_for(session, data, labels=True):
     return Dataset(x, y, d["mean"], d["scale"], source)
 
 
-def _npz_spec(path, train, labels):
+def _npz_spec(path, train):
     from .config import dataset_spec
 
     keys = {k: train[k] for k in ("x", "y")} if train.get("format") == "npz" else {}
-    spec = dataset_spec({"format": "npz", "path": str(path), **keys}, "--data", path, ".")
-    if not labels and not _npz_has(path, spec["y"]):
-        # data.read_npz reads two arrays; naming the inputs twice reads no labels
-        spec["y"] = spec["x"]
-    return spec
-
-
-def _npz_has(path, key):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return key in z.files
-    except Exception:  # noqa: BLE001  (read_npz then says what is wrong with the file)
-        return True
+    return dataset_spec({"format": "npz", "path": str(path), **keys}, "--data", path, ".")
 
 
 def _csv_spec(path, train, net, labels):

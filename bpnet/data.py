@@ -143,8 +143,8 @@ def _check_size_plausible(path, n_bytes, header_len):
                         f"{n_bytes} data bytes, the file has {size} bytes", source=path)
 
 
-def read_npz(path, x_key, y_key):
-    """Two arrays from an .npz file, loaded without pickle.
+def read_npz(path, x_key, y_key=None):
+    """Arrays x and y (None without ``y_key``) from an .npz file, loaded without pickle.
 
     Their .npy headers are read and checked first, against the sizes the archive records and
     against each other: 2 MB of compressed zeros inflate to 2 GB, which must not be read to
@@ -156,12 +156,13 @@ def read_npz(path, x_key, y_key):
             raise DataError("not an .npz archive: it holds a single .npy array; save x and y "
                             "with numpy.savez", source=path)
         with z:
-            missing = [k for k in (x_key, y_key) if k not in z.files]
+            missing = [k for k in (x_key, y_key) if k is not None and k not in z.files]
             if missing:
                 raise DataError(f"no array named {missing[0]!r}; the file has "
                                 f"{', '.join(z.files) or 'none'}", source=path)
-            _check_examples(_npy_head(z.zip, x_key, path), _npy_head(z.zip, y_key, path), path)
-            return z[x_key], z[y_key]
+            y_head = None if y_key is None else _npy_head(z.zip, y_key, path)
+            _check_examples(_npy_head(z.zip, x_key, path), y_head, path)
+            return z[x_key], None if y_key is None else z[y_key]
     except FileNotFoundError:
         raise DataError("file not found", source=path) from None
     except ValueError as e:
@@ -296,21 +297,23 @@ def _column(label, names, width, path, header_line):
     return label % width
 
 
-def read_dataset(spec):
+def read_dataset(spec, labels=True):
     """(x, y, source) for a validated dataset spec; x keeps its stored dtype (see ``_native``),
-    flattened to 2-D."""
+    flattened to 2-D. Without ``labels`` (predict), y is None and its file or array is not
+    read; a CSV's label columns are still read, to be left out of the inputs."""
     fmt = spec["format"]
     if fmt == "idx":
-        x, y = read_idx(spec["images"]), read_idx(spec["labels"])
+        x, y = read_idx(spec["images"]), read_idx(spec["labels"]) if labels else None
         source = f"{spec['images']} with {Path(spec['labels']).name}"
     elif fmt == "npz":
-        x, y = read_npz(spec["path"], spec["x"], spec["y"])
+        x, y = read_npz(spec["path"], spec["x"], spec["y"] if labels else None)
         source = spec["path"]
     else:
         x, y = read_csv(spec["path"], spec["label"], spec["header"], spec["delimiter"])
+        y = y if labels else None
         source = spec["path"]
     _check_examples(x, y, source)
-    x, y = _native(x), _native(y)
+    x, y = _native(x), None if y is None else _native(y)
     x = np.ascontiguousarray(x.reshape(len(x), -1))
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
@@ -319,16 +322,16 @@ def read_dataset(spec):
 
 
 def _check_examples(x, y, source):
-    """Refuse inputs ``x`` and labels ``y`` that cannot be a dataset, from their shapes and
-    dtypes alone: arrays, or .npy headers before their data is read."""
-    if x.dtype.kind not in "uif" or y.dtype.kind not in "uifb":
-        raise DataError(f"arrays have dtypes {x.dtype} and {y.dtype}, expected numbers", source=source)
-    if len(x.shape) == 0 or len(y.shape) == 0:
-        raise DataError(f"arrays have shapes {x.shape} and {y.shape}, expected one example per "
-                        f"row", source=source)
+    """Refuse inputs ``x`` and labels ``y`` (None: not wanted) that cannot be a dataset, from
+    their shapes and dtypes alone: arrays, or .npy headers before their data is read."""
+    for name, a, kinds in (("inputs", x, "uif"), ("labels", y, "uifb")):
+        if a is not None and a.dtype.kind not in kinds:
+            raise DataError(f"{name} have dtype {a.dtype}, expected numbers", source=source)
+        if a is not None and len(a.shape) == 0:
+            raise DataError(f"{name} have shape (), expected one example per row", source=source)
     if x.shape[0] == 0:
         raise DataError("the dataset is empty", source=source)
-    if x.shape[0] != y.shape[0]:
+    if y is not None and x.shape[0] != y.shape[0]:
         raise DataError(f"{x.shape[0]} inputs but {y.shape[0]} labels", source=source)
     if math.prod(x.shape[1:]) == 0:
         raise DataError("the examples have no features", source=source)

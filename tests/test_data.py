@@ -368,6 +368,18 @@ def test_read_dataset_refuses_bad_arrays(tmp_path, x, y, text):
         read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x", "y": "y"})
 
 
+def test_read_dataset_without_labels_leaves_them_unread(tmp_path, rng):
+    x = rng.integers(0, 256, (5, 3, 2)).astype(np.uint8)
+    write(tmp_path / "x.idx", idx_bytes(x))
+    spec = {"format": "idx", "images": str(tmp_path / "x.idx"), "labels": str(tmp_path / "none")}
+    gx, gy, _ = read_dataset(spec, labels=False)
+    assert gy is None and gx.shape == (5, 6)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array(["a", "b"]))
+    gx, gy, _ = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x",
+                              "y": "y"}, labels=False)
+    assert gy is None and gx.shape == (5, 6)
+
+
 @pytest.mark.parametrize("stored,native", [(">f4", np.float32), (">f8", np.float64),
                                            ("<f2", np.float32), (">f2", np.float32),
                                            (">i4", np.int32), (">u2", np.uint16),

@@ -268,6 +268,19 @@ def test_predict_on_an_npz_without_labels(npz_run, tmp_path, capsys):
     assert "no array named 'targets'" in line  # eval still needs the labels
 
 
+def test_predict_neither_reads_nor_checks_the_labels_of_an_npz(npz_run, tmp_path, capsys):
+    x, y = tiny_problem(50, seed=2)
+    np.savez(tmp_path / "only_x.npz", inputs=x)
+    bpnet("predict", npz_run, tmp_path / "only_x.npz", "--out", tmp_path / "a.npy")
+    for name, targets in (("short", y[:10]), ("text", y.astype(str))):
+        np.savez(tmp_path / f"{name}.npz", inputs=x, targets=targets)
+        bpnet("predict", npz_run, tmp_path / f"{name}.npz", "--out", tmp_path / f"{name}.npy")
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"),
+                                      np.load(tmp_path / "a.npy"))
+    line = bpnet_fails(capsys, "eval", npz_run, "--data", tmp_path / "short.npz")
+    assert "short.npz: 50 inputs but 10 labels" in line  # eval still checks them
+
+
 def test_eval_and_predict_on_a_csv_read_it_as_the_training_csv(csv_run, tmp_path):
     x, y = tiny_problem(50, seed=2)
     full = write_csv(tmp_path / "full.csv", y[:, None], x, ";", ["cls", "a", "b", "c", "d"])
