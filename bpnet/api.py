@@ -136,12 +136,12 @@ def _dataset_for(session, data, labels=True):
         spec = _csv_spec(path, train, session.net, labels)
     else:
         raise DataError("expected a .npz, .csv or config .yaml file", source=path)
-    x, y, source = read_dataset(spec, labels)
+    x, y, source, lines = read_dataset(spec, labels)
     n_in = session.net.n_in
     if x.shape[1] != n_in:
         raise DataError(f"examples have {x.shape[1]} features, the network takes {n_in}",
                         source=source)
-    y = session.net.loss.targets_from(y, source) if labels else None
+    y = session.net.loss.targets_from(y, source, lines) if labels else None
     d = session.cfg["data"] or {"mean": 0.0, "scale": 1.0}
     return Dataset(x, y, d["mean"], d["scale"], source)
 

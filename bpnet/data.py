@@ -204,7 +204,8 @@ def _npy_head(archive, key, path):
 
 
 def read_csv(path, label, header="auto", delimiter=","):
-    """Features and label column(s) from a CSV; the header is detected when ``auto``."""
+    """Features, label column(s) and each example's line number from a CSV; the header is
+    detected when ``auto``."""
     try:
         with open(path, newline="", encoding=CSV_ENCODING) as f:
             try:
@@ -241,7 +242,8 @@ def read_csv(path, label, header="auto", delimiter=","):
         x = values[:, features].astype(np.float32)
     _check_finite(values, x, features, body, path)
     y = values[:, columns]
-    return x, (y[:, 0] if not isinstance(label, list) else y)
+    lines = np.array([line for line, _ in body], np.int64)
+    return x, (y[:, 0] if not isinstance(label, list) else y), lines
 
 
 def decode_csv(raw, path):
@@ -298,10 +300,11 @@ def _column(label, names, width, path, header_line):
 
 
 def read_dataset(spec, labels=True):
-    """(x, y, source) for a validated dataset spec; x keeps its stored dtype (see ``_native``),
-    flattened to 2-D. Without ``labels`` (predict), y is None and its file or array is not
-    read; a CSV's label columns are still read, to be left out of the inputs."""
-    fmt = spec["format"]
+    """(x, y, source, lines) for a validated dataset spec; x keeps its stored dtype (see
+    ``_native``), flattened to 2-D; ``lines`` are the examples' line numbers in a CSV, else
+    None. Without ``labels`` (predict), y is None and its file or array is not read; a CSV's
+    label columns are still read, to be left out of the inputs."""
+    fmt, lines = spec["format"], None
     if fmt == "idx":
         x, y = read_idx(spec["images"]), read_idx(spec["labels"]) if labels else None
         source = f"{spec['images']} with {Path(spec['labels']).name}"
@@ -309,16 +312,17 @@ def read_dataset(spec, labels=True):
         x, y = read_npz(spec["path"], spec["x"], spec["y"] if labels else None)
         source = spec["path"]
     else:
-        x, y = read_csv(spec["path"], spec["label"], spec["header"], spec["delimiter"])
+        x, y, lines = read_csv(spec["path"], spec["label"], spec["header"], spec["delimiter"])
         y = y if labels else None
         source = spec["path"]
     _check_examples(x, y, source)
     x, y = _native(x), None if y is None else _native(y)
     x = np.ascontiguousarray(x.reshape(len(x), -1))
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
+    if x.dtype.kind == "f" and not np.isfinite(x).all():  # a CSV's cells were checked by line
         row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise DataError(f"input of example {row} has a NaN or infinite value", source=source)
-    return x, y, source
+        raise DataError("input has a NaN or infinite value", source=source,
+                        where=f"example {row + 1}")
+    return x, y, source, lines
 
 
 def _check_examples(x, y, source):

@@ -62,19 +62,25 @@ class Loss:
                              f"expected classes 0..{self.n_in - 1}")
         return t
 
-    def targets_from(self, y, source):
-        """Convert a whole dataset's targets to what this loss takes, or say what is wrong."""
+    def targets_from(self, y, source, lines=None):
+        """Convert a whole dataset's targets to what this loss takes, or say what is wrong.
+
+        ``lines``: (examples,) the line of each in a CSV file, which errors then name.
+        """
         y = np.asarray(y)
         if y.ndim == 1:
             y = y.reshape(-1, 1)
         if y.ndim != 2 or y.shape[1] != self.n_in:
             raise DataError(f"targets have shape {y.shape}, but the network has {self.n_in} "
                             f"outputs for the {self.type_name} loss", source=source)
-        y = y.astype(self.dtype)
-        if not np.isfinite(y).all():
-            row = int(np.flatnonzero(~np.isfinite(y).all(axis=1))[0])
-            raise DataError(f"target of example {row} is not finite", source=source)
-        return np.ascontiguousarray(y)
+        with np.errstate(over="ignore"):  # a target beyond float32 is reported below
+            t = y.astype(self.dtype)
+        bad = ~np.isfinite(t)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise DataError(f"target {_plain(y[row, col])} is not a finite {self.dtype} number",
+                            source=source, where=_where(row, lines))
+        return np.ascontiguousarray(t)
 
     def output(self, z):
         """What the network predicts from outputs z (probabilities or values), fresh."""
@@ -83,6 +89,17 @@ class Loss:
     def accuracy_units(self, batch):
         """How many predictions a batch makes (the accuracy denominator)."""
         return batch
+
+
+def _where(i, lines):
+    """Where example ``i`` is: its line in a CSV file (``lines``), else its number from 1."""
+    return f"example {i + 1}" if lines is None else f"line {lines[i]}"
+
+
+def _plain(value):
+    """A number of an array as people write it: 1.5 and 7, not np.float64(1.5) and 7.0."""
+    text = str(value)  # numpy's shortest form for the dtype: 0.1 for a float32 0.1
+    return text[:-2] if text.endswith(".0") else text
 
 
 @register
@@ -94,7 +111,7 @@ class SoftmaxCrossEntropy(Loss):
     def _forward(self, z, t, grad):
         return kernels.jit.softmax_xent(z, t, grad, self.dtype.type(1 / z.shape[0]))
 
-    def targets_from(self, y, source):
+    def targets_from(self, y, source, lines=None):
         y = np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
@@ -104,15 +121,17 @@ class SoftmaxCrossEntropy(Loss):
         if y.dtype.kind == "f":
             bad = ~np.isfinite(y) | (y != np.round(y))
             if bad.any():
-                raise DataError(f"label of example {int(np.flatnonzero(bad)[0])} is "
-                                f"{y[bad][0]!r}, expected a whole class number", source=source)
+                i = int(np.argmax(bad))
+                raise DataError(f"label {_plain(y[i])} is not a whole class number", source=source,
+                                where=_where(i, lines))
         elif y.dtype.kind not in "iu":
             raise DataError(f"labels have dtype {y.dtype}, expected integers", source=source)
         bad = (y < 0) | (y >= self.n_in)
         if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"label of example {i} is {y[i]}, expected a class in 0..{self.n_in - 1} "
-                            f"(the last layer has {self.n_in} outputs)", source=source)
+            i = int(np.argmax(bad))
+            raise DataError(f"label {_plain(y[i])} is not a class in 0..{self.n_in - 1} (the last "
+                            f"layer has {self.n_in} outputs)", source=source,
+                            where=_where(i, lines))
         return y.astype(np.int64)
 
     def output(self, z):
@@ -131,14 +150,15 @@ class SigmoidCrossEntropy(Loss):
         loss = kernels.jit.sigmoid_xent(z, t, grad, self.dtype.type(1 / z.shape[0]))
         return loss, int(((z > 0) == (t > 0.5)).sum())
 
-    def targets_from(self, y, source):
-        y = super().targets_from(y, source)
-        bad = (y < 0) | (y > 1)
+    def targets_from(self, y, source, lines=None):
+        t = super().targets_from(y, source, lines)
+        bad = (t < 0) | (t > 1)
         if bad.any():
-            row = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise DataError(f"target of example {row} is outside [0, 1], as the "
-                            f"{self.type_name} loss needs", source=source)
-        return y
+            row, col = np.argwhere(bad)[0]
+            value = np.asarray(y).reshape(t.shape)[row, col]  # as read, not as float32
+            raise DataError(f"target {_plain(value)} is outside [0, 1], as the "
+                            f"{self.type_name} loss needs", source=source, where=_where(row, lines))
+        return t
 
     def output(self, z):
         # sigmoid(z) = exp(-log(1 + e^-z)); logaddexp never overflows, even at z = -1000

@@ -41,7 +41,7 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     raw = dict(zip(wanted, _read_while_numba_imports([data[name] for name in wanted])))
     net = build_net(cfg, raw["train"][0].shape[1] if n_in is None else n_in, dtype=dtype,
                     source=source)
-    for name, (x, _, path) in raw.items():
+    for name, (x, _, path, _) in raw.items():
         if x.shape[1] != net.n_in:
             raise DataError(f"examples have {x.shape[1]} features, but the network takes "
                             f"{net.n_in} (net.input)", source=path)
@@ -49,8 +49,8 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     if isinstance(mean, list) and len(mean) != net.n_in:
         raise ConfigError(f"has {len(mean)} values, expected 1 or {net.n_in} (one per feature)",
                           source=source, where="data.mean")
-    out = {name: Dataset(x, net.loss.targets_from(y, path), mean, data["scale"], path)
-           for name, (x, y, path) in raw.items()}
+    out = {name: Dataset(x, net.loss.targets_from(y, path, lines), mean, data["scale"], path)
+           for name, (x, y, path, lines) in raw.items()}
     split = data["val_split"]
     if split and "val" in out:
         raise ConfigError("give data.val or data.val_split, not both", source=source,

@@ -1,6 +1,7 @@
 """Readers on valid and broken files (IDX plain and .gz, NPZ, CSV), and the Dataset."""
 
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from bpnet.config import resolve
 from bpnet.data import Dataset, _Gunzip, read_csv, read_dataset, read_idx, read_npz
 from bpnet.errors import DataError
+from bpnet.losses import LOSSES
 from bpnet.session import open_session
 
 from conftest import MNIST
@@ -227,7 +229,7 @@ def write_csv(tmp_path, text, name="d.csv"):
 
 def test_csv_header_detected_and_label_by_name(tmp_path):
     path = write_csv(tmp_path, "a,b,label,c\n1,2,0,3\n4,5,1,6\n")
-    x, y = read_csv(path, "label")
+    x, y, _ = read_csv(path, "label")
     np.testing.assert_array_equal(x, [[1, 2, 3], [4, 5, 6]])
     np.testing.assert_array_equal(y, [0, 1])
     assert x.dtype == np.float32
@@ -240,13 +242,13 @@ def test_csv_header_detected_and_label_by_name(tmp_path):
 ])
 def test_csv_without_header_label_by_index(tmp_path, label, features, labels):
     path = write_csv(tmp_path, "1,2,3\n4,5,6\n")
-    x, y = read_csv(path, label)
+    x, y, _ = read_csv(path, label)
     np.testing.assert_array_equal(x, features)
     np.testing.assert_array_equal(y, labels)
 
 
 def test_csv_header_with_label_by_index_and_forced_header(tmp_path):
-    x, y = read_csv(write_csv(tmp_path, "f1,f2,y\n1,2,3\n"), -1)
+    x, y, _ = read_csv(write_csv(tmp_path, "f1,f2,y\n1,2,3\n"), -1)
     np.testing.assert_array_equal(x, [[1, 2]])
     np.testing.assert_array_equal(y, [3])
     # a numeric first row is data under auto, a header when told so
@@ -256,7 +258,7 @@ def test_csv_header_with_label_by_index_and_forced_header(tmp_path):
 
 
 def test_csv_several_label_columns(tmp_path):
-    x, y = read_csv(write_csv(tmp_path, "a,t1,b,t2\n1,0,2,1\n3,1,4,0\n"), ["t1", "t2"])
+    x, y, _ = read_csv(write_csv(tmp_path, "a,t1,b,t2\n1,0,2,1\n3,1,4,0\n"), ["t1", "t2"])
     np.testing.assert_array_equal(x, [[1, 2], [3, 4]])
     np.testing.assert_array_equal(y, [[0, 1], [1, 0]])
 
@@ -264,7 +266,7 @@ def test_csv_several_label_columns(tmp_path):
 def test_csv_with_a_byte_order_mark(tmp_path):
     """Excel's "CSV UTF-8" starts the file with one: it is not part of the first name."""
     (tmp_path / "bom.csv").write_bytes("\ufefflabel,b,c\n0,2,3\n1,5,6\n".encode())
-    x, y = read_csv(tmp_path / "bom.csv", "label")
+    x, y, _ = read_csv(tmp_path / "bom.csv", "label")
     np.testing.assert_array_equal(x, [[2, 3], [5, 6]])
     np.testing.assert_array_equal(y, [0, 1])
     (tmp_path / "n.csv").write_bytes("\ufeff7,8,9\n1,2,3\n".encode())
@@ -281,7 +283,7 @@ def test_csv_byte_that_is_not_utf8_names_the_line(tmp_path, bom):
 
 
 def test_csv_other_delimiter_and_blank_lines(tmp_path):
-    x, y = read_csv(write_csv(tmp_path, "a;y\n\n1.5;0\n\n2.5;1\n"), "y", delimiter=";")
+    x, y, _ = read_csv(write_csv(tmp_path, "a;y\n\n1.5;0\n\n2.5;1\n"), "y", delimiter=";")
     np.testing.assert_array_equal(x, [[1.5], [2.5]])
     np.testing.assert_array_equal(y, [0, 1])
 
@@ -331,7 +333,7 @@ def test_csv_label_named_by_two_columns_is_refused(tmp_path):
         read_csv(path, "label")
     with pytest.raises(DataError, match="columns are named 'label'"):
         read_csv(path, ["a", "label"])
-    x, _ = read_csv(write_csv(tmp_path, "a,a,label\n1,2,0\n", "f.csv"), "label")
+    x, _, _ = read_csv(write_csv(tmp_path, "a,a,label\n1,2,0\n", "f.csv"), "label")
     np.testing.assert_array_equal(x, [[1, 2]])  # a name no label uses may repeat
 
 
@@ -347,16 +349,17 @@ def test_csv_empty_and_missing(tmp_path):
 def test_read_dataset_flattens_and_keeps_the_stored_dtype(tmp_path, rng):
     x = rng.integers(0, 256, (5, 3, 2)).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(5))
-    gx, gy, source = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"),
+    gx, gy, source, lines = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"),
                                    "x": "x", "y": "y"})
     assert gx.shape == (5, 6) and gx.dtype == np.uint8 and source.endswith("d.npz")
+    assert lines is None  # only a CSV has lines
     np.testing.assert_array_equal(gx, x.reshape(5, 6))
 
 
 @pytest.mark.parametrize("x,y,text", [
     (np.zeros((3, 2)), np.zeros(2), "3 inputs but 2 labels"),
     (np.zeros((0, 2)), np.zeros(0), "empty"),
-    (np.array([[0, 1], [np.nan, 2]]), np.zeros(2), "example 1"),
+    (np.array([[0, 1], [np.nan, 2]]), np.zeros(2), "example 2: input has a NaN"),
     (np.array([["a", "b"]]), np.zeros(1), "expected numbers"),
     (np.zeros((4, 0)), np.zeros(4), "no features"),
     (np.float64(3.0), np.zeros(4), "one example per row"),
@@ -372,10 +375,10 @@ def test_read_dataset_without_labels_leaves_them_unread(tmp_path, rng):
     x = rng.integers(0, 256, (5, 3, 2)).astype(np.uint8)
     write(tmp_path / "x.idx", idx_bytes(x))
     spec = {"format": "idx", "images": str(tmp_path / "x.idx"), "labels": str(tmp_path / "none")}
-    gx, gy, _ = read_dataset(spec, labels=False)
+    gx, gy, _, _ = read_dataset(spec, labels=False)
     assert gy is None and gx.shape == (5, 6)
     np.savez(tmp_path / "d.npz", x=x, y=np.array(["a", "b"]))
-    gx, gy, _ = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x",
+    gx, gy, _, _ = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x",
                               "y": "y"}, labels=False)
     assert gy is None and gx.shape == (5, 6)
 
@@ -389,7 +392,7 @@ def test_read_dataset_gives_the_kernels_native_dtypes(tmp_path, rng, stored, nat
     x = rng.integers(0, 100, (6, 3)).astype(stored)
     y = (np.arange(6) % 2).astype(">i8")
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    gx, gy, _ = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x", "y": "y"})
+    gx, gy, _, _ = read_dataset({"format": "npz", "path": str(tmp_path / "d.npz"), "x": "x", "y": "y"})
     assert gx.dtype == native and gx.dtype.isnative and gy.dtype.isnative
     np.testing.assert_array_equal(gx, x.astype(np.float64))
     np.testing.assert_array_equal(gy, y)
@@ -423,6 +426,29 @@ def test_inputs_refuses_rows_outside_the_dataset(rng):
             data.inputs(rows=rows)
     np.testing.assert_array_equal(data.inputs(rows=[-1, 0, -10, 9]), x[[-1, 0, -10, 9]])
     assert data.inputs(rows=[]).shape == (0, 6)
+
+
+@pytest.mark.parametrize("loss,n_out,label,cell,text", [
+    ("softmax_cross_entropy", 3, "t2", "1.5", "label 1.5 is not a whole class number"),
+    ("softmax_cross_entropy", 3, "t2", "7", "label 7 is not a class in 0..2"),
+    ("softmax_cross_entropy", 3, "t2", "-1", "label -1 is not a class in 0..2"),
+    ("sigmoid_cross_entropy", 2, ["t1", "t2"], "1.25", "target 1.25 is outside [0, 1]"),
+    ("mse", 2, ["t1", "t2"], "1e39", "target 1e+39 is not a finite float32 number"),
+])
+@pytest.mark.filterwarnings("error")  # a warning would be a second line on stderr
+def test_target_errors_name_the_csv_line_and_the_value_as_written(tmp_path, loss, n_out, label,
+                                                                  cell, text):
+    """Line numbers count the header and blank lines, as the reader's own errors do."""
+    path = write_csv(tmp_path, f"a,t1,t2\n1,0,1\n\n2,1,{cell}\n")
+    x, y, source, lines = read_dataset({"format": "csv", "path": str(path), "label": label,
+                                        "header": "auto", "delimiter": ","})
+    assert list(lines) == [2, 4]
+    with pytest.raises(DataError) as info:
+        LOSSES[loss](n_out, np.float32).targets_from(y, source, lines)
+    assert str(info.value).startswith(f"{path}: line 4: {text}")
+    # arrays have no lines: their examples count from 1
+    with pytest.raises(DataError, match=rf"^d\.npz: example 2: {re.escape(text)}"):
+        LOSSES[loss](n_out, np.float32).targets_from(y, "d.npz")
 
 
 def test_val_split_holds_out_the_last_examples(tmp_path, rng):

@@ -294,6 +294,13 @@ def test_eval_and_predict_on_a_csv_read_it_as_the_training_csv(csv_run, tmp_path
     assert np.mean(table[:, 0] == y) == pytest.approx(result["accuracy"])
 
 
+def test_eval_on_a_csv_names_the_line_of_a_bad_label(csv_run, tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("cls;a;b;c;d\n0;1;2;3;4\n\n2.5;1;2;3;4\n")
+    line = bpnet_fails(capsys, "eval", csv_run, "--data", path)
+    assert "bad.csv: line 4: label 2.5 is not a whole class number" in line
+
+
 def test_predict_finds_the_label_column_of_a_csv_with_a_byte_order_mark(csv_run, tmp_path):
     x, y = tiny_problem(20, seed=2)
     plain = write_csv(tmp_path / "plain.csv", y[:, None], x, ";", ["cls", "a", "b", "c", "d"])

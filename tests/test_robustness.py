@@ -83,10 +83,10 @@ def test_bad_set_expression(tiny, expr, words):
 
 
 @pytest.mark.parametrize("x,y,words", [
-    (np.full((50, 10), np.nan, np.float32), np.zeros(50, np.int64), ["NaN or infinite", "example 0"]),
+    (np.full((50, 10), np.nan, np.float32), np.zeros(50, np.int64), ["example 1: ", "NaN or infinite"]),
     (np.zeros((0, 10), np.float32), np.zeros(0, np.int64), ["empty"]),
     (np.zeros((50, 10), np.float32), np.zeros(49, np.int64), ["50 inputs but 49 labels"]),
-    (np.zeros((50, 10), np.float32), np.full(50, 7, np.int64), ["label of example 0 is 7"]),
+    (np.zeros((50, 10), np.float32), np.full(50, 7, np.int64), ["example 1: label 7 is not a class"]),
 ])
 def test_bad_data_arrays(tmp_path, x, y, words):
     path = write_tiny(tmp_path, **{"data.val_split": 0})
@@ -169,6 +169,9 @@ def test_oversized_header_does_not_allocate(tmp_path):
 @pytest.mark.parametrize("text,words", [
     ("a,b,label\n1,2,0\n3,4\n", ["line 3", "2 cells, expected 3"]),
     ("a,b,label\n1,2,0\n3,x,1\n", ["line 3", "'x'"]),
+    # labels are judged by the loss, after reading; the line still comes from the reader
+    ("a,b,label\n1,2,0\n\n3,4,1.5\n", ["d.csv: line 4: label 1.5 is not a whole class number"]),
+    ("a,b,label\n1,2,0\n3,4,-1\n", ["d.csv: line 3: label -1 is not a class in 0..2"]),
 ])
 def test_broken_csv_names_the_line(tmp_path, text, words):
     (tmp_path / "d.csv").write_text(text)
