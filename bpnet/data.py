@@ -160,8 +160,9 @@ def read_npz(path, x_key, y_key=None):
             if missing:
                 raise DataError(f"no array named {missing[0]!r}; the file has "
                                 f"{', '.join(z.files) or 'none'}", source=path)
+            x_head = _npy_head(z.zip, x_key, path)
             y_head = None if y_key is None else _npy_head(z.zip, y_key, path)
-            _check_examples(_npy_head(z.zip, x_key, path), y_head, path)
+            _check_examples(x_head, y_head, path)
             return z[x_key], None if y_key is None else z[y_key]
     except FileNotFoundError:
         raise DataError("file not found", source=path) from None
@@ -186,11 +187,14 @@ def _npy_head(archive, key, path):
     name = key if key in archive.namelist() else key + ".npy"  # as NpzFile finds it
     size = archive.getinfo(name).file_size
     with archive.open(name) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in _NPY_HEADER_READERS:
-            raise DataError(f"array {key!r} is in .npy format {version[0]}.{version[1]}, "
-                            f"expected 1.0 or 2.0", source=path)
-        shape, _, dtype = _NPY_HEADER_READERS[version](f)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in _NPY_HEADER_READERS:
+                raise DataError(f"array {key!r} is in .npy format {version[0]}.{version[1]}, "
+                                f"expected 1.0 or 2.0", source=path)
+            shape, _, dtype = _NPY_HEADER_READERS[version](f)
+        except ValueError as e:  # numpy's error for a bad magic string or header
+            raise DataError(f"array {key!r} is not a valid .npy array: {e}", source=path) from None
         header_len = f.tell()
     if dtype.hasobject:
         raise DataError("holds an object array, which bpnet never loads (it would need "

@@ -210,6 +210,15 @@ def test_npz_header_promising_more_than_the_archive_holds(tmp_path):
         read_npz(tmp_path / "big.npz", "x", "y")
 
 
+def test_npz_member_that_is_not_npy_is_named(tmp_path):
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "g.npz", "w") as z:
+        z.writestr("x.npy", b"not an array")
+        z.writestr("y.npy", b"nor this")
+    with pytest.raises(DataError, match=r"g\.npz: array 'x' is not a valid \.npy array: "):
+        read_npz(tmp_path / "g.npz", "x", "y")
+
+
 def test_npy_file_named_npz_is_not_an_archive(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((3, 2)))
     (tmp_path / "a.npy").rename(tmp_path / "a.npz")
