@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bpnet.config import resolve
-from bpnet.data import Dataset, _Gunzip, read_csv, read_dataset, read_idx, read_npz
+from bpnet.data import Dataset, read_csv, read_dataset, read_idx, read_npz
+from bpnet.data.idx import _Gunzip
 from bpnet.errors import DataError
 from bpnet.losses import LOSSES
 from bpnet.session import open_session
