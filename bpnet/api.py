@@ -179,6 +179,7 @@ def _csv_spec(path, train, net, labels):
                                 f"{', '.join(map(repr, wanted))} as in the training data",
                                 source=path)
             label = None
+        _check_feature_names(path, names, train, header, delimiter, wanted if present else [])
     else:
         k = 1 if net.loss.target_kind == "class" else net.n_out
         if labels:
@@ -198,6 +199,27 @@ def _csv_spec(path, train, net, labels):
     if label is None:
         spec["label"] = []  # read_csv then takes every column as a feature (a config never may)
     return spec
+
+
+def _check_feature_names(path, names, train, header, delimiter, labels):
+    """Refuse a CSV whose header names other feature columns, or the same in another order,
+    than the training CSV's (when both have headers and that file is still there): the
+    network would take x2 for x1 without a word."""
+    trained = _csv_columns(Path(train["path"]), header, delimiter)[1]
+    if not names or not trained:
+        return
+
+    def features(columns, wanted):
+        drop = {c if isinstance(c, str) else columns[c] for c in wanted
+                if isinstance(c, str) or -len(columns) <= c < len(columns)}
+        return [c for c in columns if c not in drop]
+
+    now, then = features(names, labels), features(trained, train["label"] if isinstance(
+        train["label"], list) else [train["label"]])
+    if now != then:
+        raise DataError(f"feature columns {', '.join(now)} differ from the training data's "
+                        f"{', '.join(then)} (names and order must match)", source=path,
+                        where="line 1")
 
 
 def _csv_columns(path, header, delimiter):

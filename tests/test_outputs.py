@@ -294,6 +294,21 @@ def test_eval_and_predict_on_a_csv_read_it_as_the_training_csv(csv_run, tmp_path
     assert np.mean(table[:, 0] == y) == pytest.approx(result["accuracy"])
 
 
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_a_csv_whose_header_names_other_features_is_refused(csv_run, tmp_path, capsys, command):
+    """Trained on a, b, c, d: a file headed b, a, c, d would feed b to the weights of a."""
+    x, y = tiny_problem(10, seed=2)
+    swapped = write_csv(tmp_path / "swapped.csv", y[:, None], x, ";", ["cls", "b", "a", "c", "d"])
+    args = ["--data", swapped] if command == "eval" else [swapped, "--out", tmp_path / "p.csv"]
+    line = bpnet_fails(capsys, command, csv_run, *args)
+    assert "swapped.csv: line 1: feature columns b, a, c, d differ from the training " \
+           "data's a, b, c, d" in line
+    renamed = write_csv(tmp_path / "renamed.csv", x, None, ";", ["a", "b", "c", "e"])
+    if command == "predict":
+        line = bpnet_fails(capsys, command, csv_run, renamed, "--out", tmp_path / "p.csv")
+        assert "feature columns a, b, c, e differ" in line
+
+
 def test_eval_on_a_csv_names_the_line_of_a_bad_label(csv_run, tmp_path, capsys):
     path = tmp_path / "bad.csv"
     path.write_text("cls;a;b;c;d\n0;1;2;3;4\n\n2.5;1;2;3;4\n")
