@@ -55,6 +55,9 @@ def load(path):
         meta = json.loads(str(arrays.pop("meta")))
     except (KeyError, ValueError):
         raise CheckpointError("not a bpnet checkpoint: no readable 'meta' entry", source=path) from None
+    except RecursionError:  # JSON nested deeper than Python's stack; bpnet's meta is 4 deep
+        raise CheckpointError("corrupt checkpoint: meta is JSON nested too deeply to read",
+                              source=path) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError("not a bpnet checkpoint: wrong format tag", source=path)
     if meta.get("version") != VERSION:

@@ -159,6 +159,16 @@ def test_bad_entry_is_a_checkpoint_error_naming_it(run, change, words):
     assert info.value.source == str(path)
 
 
+def test_meta_nested_too_deeply_is_one_line(run):
+    path = newest(run)
+    arrays, _ = ckpt.load(path)
+    np.savez(path, **arrays, meta=np.array("[" * 100000 + "]" * 100000))
+    with pytest.raises(CheckpointError, match="corrupt checkpoint: meta is JSON nested too deeply"):
+        ckpt.load(path)
+    assert_clean_error(bpnet("train", "--resume", run, "--set", "solver.epochs=3"), path.name,
+                       "nested too deeply")
+
+
 def test_bad_newbob_best_weights_are_a_checkpoint_error(tmp_path):
     run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
                        overrides=["solver.lr_policy=newbob"])
