@@ -42,13 +42,28 @@ def load(path):
     """(arrays without ``meta``, meta dict) from a checkpoint, or a CheckpointError."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CheckpointError("not an .npz archive: it holds a single .npy array",
+                                  source=path)
+        with z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise CheckpointError("file not found", source=path) from None
     except IsADirectoryError:
         raise CheckpointError("is a folder, expected a checkpoint .npz", source=path) from None
-    except Exception as e:  # zip, zlib, header and pickle refusals all mean: not a checkpoint
+    except CheckpointError:
+        raise
+    except ValueError as e:  # numpy's refusals suggest allow_pickle, which bpnet never uses
+        if "Object arrays" in str(e):
+            raise CheckpointError("holds an object array, which bpnet never loads (it would "
+                                  "need pickle)", source=path) from None
+        if "pickled" in str(e):  # numpy's word for any file that is neither .npz nor .npy
+            raise CheckpointError("not an .npz archive: no zip archive inside",
+                                  source=path) from None
+        raise CheckpointError(f"unreadable or corrupt checkpoint (ValueError: {e})",
+                              source=path) from None
+    except Exception as e:  # zip, zlib and header failures all mean: not a checkpoint
         raise CheckpointError(f"unreadable or corrupt checkpoint ({type(e).__name__}: {e})",
                               source=path) from None
     try:

@@ -2,6 +2,7 @@
 fits the run is refused in one line, and the schedule (learning rate, newbob, best.npz) carries
 over a resume as if the run had never stopped."""
 
+import io
 import itertools
 import math
 import os
@@ -167,6 +168,25 @@ def test_meta_nested_too_deeply_is_one_line(run):
         ckpt.load(path)
     assert_clean_error(bpnet("train", "--resume", run, "--set", "solver.epochs=3"), path.name,
                        "nested too deeply")
+
+
+def npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("write,words", [
+    (lambda p: p.write_text("garbage\n"), "not an .npz archive: no zip archive inside"),
+    (lambda p: p.write_bytes(npy_bytes(np.zeros(3))), "not an .npz archive: it holds a single"),
+    (lambda p: p.write_bytes(npy_bytes(np.array([{}]))), "holds an object array"),
+], ids=["text", "npy", "object npy"])
+def test_a_checkpoint_that_is_no_npz_archive_says_so_without_suggesting_pickle(run, write, words):
+    path = run / "checkpoints" / "c.npz"
+    write(path)
+    proc = bpnet("eval", path)
+    assert_clean_error(proc, str(path), words)
+    assert "pickle.load" not in proc.stderr and "allow_pickle" not in proc.stderr
 
 
 def test_bad_newbob_best_weights_are_a_checkpoint_error(tmp_path):
