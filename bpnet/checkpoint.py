@@ -19,13 +19,14 @@ the run into a ConfigError.
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CheckpointError, ConfigError, describe
-from .files import replacing
+from .files import NotRegularFile, open_regular, replacing
 
 FORMAT, VERSION = "bpnet-checkpoint", 1
 
@@ -42,16 +43,22 @@ def load(path):
     """(arrays without ``meta``, meta dict) from a checkpoint, or a CheckpointError."""
     path = Path(path)
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise CheckpointError("not an .npz archive: it holds a single .npy array",
-                                  source=path)
-        with z:
-            arrays = {k: z[k] for k in z.files}
+        with open_regular(path, os.O_RDONLY, "rb") as f:
+            z = np.load(f, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise CheckpointError("not an .npz archive: it holds a single .npy array",
+                                      source=path)
+            with z:
+                arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise CheckpointError("file not found", source=path) from None
     except IsADirectoryError:
         raise CheckpointError("is a folder, expected a checkpoint .npz", source=path) from None
+    except NotRegularFile:
+        raise CheckpointError("is not a regular file (a FIFO or device), expected a checkpoint "
+                              ".npz", source=path) from None
+    except OSError as e:  # no permission, a loop of symbolic links
+        raise CheckpointError(f"cannot read: {e.strerror or e}", source=path) from None
     except CheckpointError:
         raise
     except ValueError as e:  # numpy's refusals suggest allow_pickle, which bpnet never uses

@@ -1,5 +1,6 @@
-"""Files written whole or not at all (checkpoints, metrics, configs, predictions, figures), and
-the lock that keeps a run folder to one process."""
+"""Files written whole or not at all (checkpoints, metrics, configs, predictions, figures), the
+lock that keeps a run folder to one process, and files opened only when they are regular (a
+FIFO in their place would block for ever)."""
 
 import errno
 import os
@@ -86,19 +87,35 @@ def remove_stale_temps(folder, names):
             tmp.unlink(missing_ok=True)
 
 
+class NotRegularFile(OSError):
+    """A FIFO, device or socket where bpnet reads or writes a file of its own."""
+
+
+def open_regular(path, flags, mode):
+    """``path`` opened with os.open ``flags`` as a file object of ``mode``, or an OSError:
+    IsADirectoryError for a folder, NotRegularFile for anything else that is not a regular
+    file. Opened without blocking, then checked: a FIFO would block a plain open for ever,
+    waiting for a process at its other end (a regular file ignores O_NONBLOCK)."""
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        if stat.S_ISDIR(kind):  # Linux opens a folder read-only without complaint
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        raise NotRegularFile(errno.EINVAL, "is not a regular file", str(path))
+    return os.fdopen(fd, mode)
+
+
 def open_lock_file(path):
-    """``path`` opened for locking (made if missing), or a BpnetError naming it. Opened without
-    blocking and checked to be a regular file: a FIFO there would block the open for ever."""
+    """``path`` opened for locking (made if missing), or a BpnetError naming it."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0),
-                     0o666)
+        return open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "a")
+    except NotRegularFile:
+        raise BpnetError("is not a regular file; bpnet keeps the run's lock there",
+                         source=path) from None
     except OSError as e:
         raise BpnetError(f"cannot open the run's lock file: {e.strerror or e}",
                          source=path) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BpnetError("is not a regular file; bpnet keeps the run's lock there", source=path)
-    return os.fdopen(fd, "a")
 
 
 def hold_lock(file):

@@ -615,6 +615,16 @@ def test_a_lock_file_that_is_no_regular_file_is_one_line_naming_it(tmp_path, mak
                        f"{run / '.bpnet-lock'}: ")
 
 
+def test_a_checkpoint_that_is_a_fifo_is_refused_not_waited_on(run):
+    (run / "checkpoints" / "best.npz").unlink()  # eval then reads the newest numbered one
+    fifo = run / "checkpoints" / "ckpt-00000099.npz"
+    os.mkfifo(fifo)
+    # subprocesses, with a time limit: opening a FIFO for reading blocks until a writer comes
+    for args in (("eval", run), ("train", "--resume", run, "--set", "solver.epochs=3")):
+        assert_clean_error(bpnet(*args), f"{fifo}: is not a regular file")
+    assert fifo.exists()
+
+
 # ----- 9. an overflowing learning rate ----------------------------------------------------------
 
 @pytest.mark.parametrize("policy,t", [("exp", 2.0), ("step", 3.0), ("multistep", 2.0)])
