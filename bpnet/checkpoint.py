@@ -157,7 +157,8 @@ SUMS = ("loss", "correct", "units", "samples", "skipped", "seconds", "lr")
 
 
 def check_meta(meta, path, columns):
-    """Raise a CheckpointError unless meta holds every key a resume reads, with the right type.
+    """Raise a CheckpointError unless meta holds every key a resume reads, with the right type,
+    and the iteration that a ``ckpt-N.npz`` name gives.
 
     ``columns``: the metrics columns a row may have.
     """
@@ -176,6 +177,14 @@ def check_meta(meta, path, columns):
         if not set(row) <= set(columns) or not all(v is None or is_number(v) for v in row.values()):
             raise CheckpointError(f"corrupt checkpoint: metrics row {i + 1} is {describe(row)}",
                                   source=path)
+    # a copy renamed to a higher number would be resumed as the newest, and pruning after its
+    # first save would then delete the checkpoints really newer than it
+    numbered = _NUMBERED.fullmatch(Path(path).name)
+    if numbered and int(numbered[1]) != meta["iteration"]:
+        raise CheckpointError(f"the name says iteration {int(numbered[1])}, but the checkpoint "
+                              f"was saved at iteration {meta['iteration']}; rename it "
+                              f"{checkpoint_name(meta['iteration'])} or move it out of the run",
+                              source=path)
 
 
 def check_order(order, n, path, source=None):

@@ -279,6 +279,17 @@ def test_a_changed_training_set_in_mid_epoch_names_the_data(run):
     assert info.value.where == "data"
 
 
+def test_a_checkpoint_renamed_to_a_newer_number_is_refused_before_pruning(run):
+    first = ckpt.list_checkpoints(run / "checkpoints")[0]
+    copy = shutil.copy(first, run / "checkpoints" / "ckpt-00000999.npz")
+    saved = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError, match=f"iteration 999.*at iteration {BATCHES}.*rename it "
+                                              f"{first.name}") as info:
+        resume(run)
+    assert info.value.source == str(copy)
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == saved
+
+
 def test_a_refused_checkpoint_changes_nothing_saved(run):
     tamper(run, _set("position", -1))
     saved = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -401,8 +412,8 @@ def test_a_second_resume_with_the_same_settings_keeps_the_clock_of_the_first(run
     tamper(run, mid_epoch)  # 3 of 13 batches of the third epoch
     first = _trainer(run, "solver.epochs=3", "solver.iter_size=3")
     first.resume(newest(run))
-    first.position += 3  # one update later, stopped again
-    path = first._save("ckpt-99999999.npz")
+    first.position, first.iteration = first.position + 3, first.iteration + 1  # one update on
+    path = first._save(ckpt.checkpoint_name(first.iteration))
     again = _trainer(run, "solver.epochs=3", "solver.iter_size=3")
     again.resume(path)
     assert again._clock() == first._clock() == 3 / 13 + (1 - 3 / 13) / 4
