@@ -105,9 +105,7 @@ def load_trained(path, splits):
 
     cfg, config, found = load_run(path)
     arrays, meta = ckpt.load(found)
-    n_in = meta.get("n_in")
-    if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
-        n_in = None  # not recorded: the training data tells
+    n_in = ckpt.recorded_input_width(meta, arrays, cfg, found)
     session = open_session(cfg, source=config, splits=splits, n_in=n_in)
     session.net.load_state_dict(ckpt.with_prefix(arrays, "param"), found)
     return session, found

@@ -142,7 +142,7 @@ META_CHECKS = {
     "newbob": (lambda v: v is None or isinstance(v, dict), "a newbob state or null"),
     "net": (_layers, "a list of layers with name and type"),
     "loss": (lambda v: isinstance(v, str), "a loss name"),
-    "n_in": (is_count, "a non-negative integer"),
+    "n_in": (lambda v: is_count(v, 1), "a positive integer"),
 }
 OPTIONAL_META_CHECKS = {
     "solver": (lambda v: isinstance(v, str), "a solver type"),
@@ -162,14 +162,7 @@ def check_meta(meta, path, columns):
 
     ``columns``: the metrics columns a row may have.
     """
-    for key, (ok, expected) in {**META_CHECKS, **OPTIONAL_META_CHECKS}.items():
-        if key not in meta:
-            if key in OPTIONAL_META_CHECKS:
-                continue
-            raise CheckpointError(f"corrupt checkpoint: meta has no {key!r}", source=path)
-        if not ok(meta[key]):
-            raise CheckpointError(f"corrupt checkpoint: meta {key!r} is "
-                                  f"{describe(meta[key])}, expected {expected}", source=path)
+    check_entries(meta, path, [*META_CHECKS, *OPTIONAL_META_CHECKS])
     if len(meta["rows"]) != meta["epoch"]:
         raise CheckpointError(f"corrupt checkpoint: {len(meta['rows'])} metrics rows for "
                               f"{meta['epoch']} finished epochs", source=path)
@@ -185,6 +178,37 @@ def check_meta(meta, path, columns):
                               f"was saved at iteration {meta['iteration']}; rename it "
                               f"{checkpoint_name(meta['iteration'])} or move it out of the run",
                               source=path)
+
+
+def check_entries(meta, path, keys):
+    """Raise a CheckpointError unless meta holds each of ``keys`` (an optional one may be
+    missing) with the type META_CHECKS or OPTIONAL_META_CHECKS gives it."""
+    for key in keys:
+        if key not in meta:
+            if key in OPTIONAL_META_CHECKS:
+                continue
+            raise CheckpointError(f"corrupt checkpoint: meta has no {key!r}", source=path)
+        ok, expected = META_CHECKS.get(key) or OPTIONAL_META_CHECKS[key]
+        if not ok(meta[key]):
+            raise CheckpointError(f"corrupt checkpoint: meta {key!r} is "
+                                  f"{describe(meta[key])}, expected {expected}", source=path)
+
+
+def recorded_input_width(meta, arrays, cfg, path):
+    """The input width meta records, or None for a checkpoint from before it was recorded (the
+    training data then tells). Checked before a network of ``cfg`` is built that wide: a
+    positive integer, and the width of the first affine layer's weights (``arrays``, as
+    ``load`` gives them), (n_out, n_in); the layers before it keep the width."""
+    if "n_in" not in meta:
+        return None
+    check_entries(meta, path, ["n_in"])
+    n_in = meta["n_in"]
+    affine = next((layer for layer in cfg["net"]["layers"] if layer["type"] == "affine"), None)
+    w = arrays.get(f"param/{affine['name']}.W") if affine else None
+    if w is not None and w.ndim == 2 and w.shape[1] != n_in:  # other shapes: load_state_dict says
+        raise CheckpointError(f"corrupt checkpoint: meta 'n_in' is {n_in}, but its "
+                              f"{affine['name']}.W takes {w.shape[1]} inputs", source=path)
+    return n_in
 
 
 def check_order(order, n, path, source=None):

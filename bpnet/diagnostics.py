@@ -40,13 +40,12 @@ def info(path, overrides=()):
     With a checkpoint, also per-parameter statistics (mean, std, min, max, fraction of zeros).
     """
     cfg, source, found = _open(path, overrides)
-    arrays = None
     if found is not None:
         arrays, meta = ckpt.load(found)
-        arrays = ckpt.with_prefix(arrays, "param")
-        width = meta.get("n_in") or input_width(cfg)
+        ckpt.check_entries(meta, found, ["epoch", "iteration"])  # shown below
+        width = ckpt.recorded_input_width(meta, arrays, cfg, found) or input_width(cfg)
         net = build_net(cfg, width, source=source)
-        net.load_state_dict(arrays, found)
+        net.load_state_dict(ckpt.with_prefix(arrays, "param"), found)
     else:
         net = net_for(cfg, source)
     layers = []
@@ -64,7 +63,7 @@ def info(path, overrides=()):
               "flops_forward": sum(l["flops_forward"] for l in layers),
               "flops_backward": sum(l["flops_backward"] for l in layers)}
     if found is not None:
-        result["checkpoint"] = {"epoch": meta.get("epoch"), "iteration": meta.get("iteration"),
+        result["checkpoint"] = {"epoch": meta["epoch"], "iteration": meta["iteration"],
                                 "stats": [param_stats(name, p.data)
                                           for name, p in net.params.items()]}
     return result

@@ -1,6 +1,7 @@
 """bpnet info, time, init-stats and plot, end to end through the CLI on small inputs."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from bpnet import checkpoint as ckpt
 from bpnet.cli import cli
 from bpnet.config import load_config
 from bpnet.errors import BpnetError
@@ -93,6 +95,40 @@ def test_info_of_a_run_and_a_checkpoint_gives_parameter_statistics(regression_ru
             assert (s["min"], s["max"]) == (pytest.approx(a.min()), pytest.approx(a.max()))
             assert s["zeros"] == pytest.approx(np.mean(a == 0))
     assert "fc1.W" in run("info", regression_run)
+
+
+def error_of(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert isinstance(result.exception, BpnetError), result.output + repr(result.exception)
+    return str(result.exception)
+
+
+def tampered(regression_run, folder, **meta_changes):
+    """The regression run's checkpoint, copied to ``folder`` with ``meta_changes`` made."""
+    path = ckpt.find(shutil.copytree(regression_run, folder / "run"))
+    arrays, meta = ckpt.load(path)
+    ckpt.save(path, arrays, {**meta, **meta_changes})
+    return path
+
+
+@pytest.mark.parametrize("n_in,words", [
+    (True, "is True, expected a positive integer"), (2.5, "is 2.5"), ("20", "is '20'"),
+    ([20], "is [20]"), (float("nan"), "is nan"), (0, "is 0"),
+    (10 ** 12, "is 1000000000000, but its fc1.W takes 20 inputs"),  # no 32 TB network first
+    (21, "is 21, but its fc1.W takes 20 inputs")])  # not the data's fault
+def test_a_checkpoint_recording_a_wrong_input_width_is_refused_naming_it(regression_run, tmp_path,
+                                                                         n_in, words):
+    path = tampered(regression_run, tmp_path, n_in=n_in)
+    data = CONFIGS.parent / "data" / "regression_random.npz"
+    for args in (("info", path), ("eval", path, "--data", "train"),
+                 ("predict", path, data, "--out", tmp_path / "p.npy")):
+        assert error_of(*args).startswith(f"{path}: corrupt checkpoint: meta 'n_in' {words}")
+
+
+def test_info_checks_the_epoch_and_iteration_it_shows(regression_run, tmp_path):
+    path = tampered(regression_run, tmp_path, iteration=[2000])
+    assert error_of("info", path) == (f"{path}: corrupt checkpoint: meta 'iteration' is [2000], "
+                                      f"expected a non-negative integer")
 
 
 def test_info_of_a_folder_that_is_no_run_names_it(tmp_path):
