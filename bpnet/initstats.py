@@ -36,6 +36,9 @@ def init_stats(config, overrides=(), inits=None, variances=None, batch=500, seed
     if inits and variances:
         raise ConfigError("give --init or --sweep, not both", source="init-stats")
     cfg = load_config(config, overrides)
+    if not any(layer["type"] == Affine.type_name for layer in cfg["net"]["layers"]):
+        raise ConfigError("has no affine layer, and init-stats shows the variances at the affine "
+                          "layers' outputs", source=config, where="net.layers")
     seed = cfg["seed"] if seed is None else seed
     x, t = _batch(cfg, config, batch, seed)
     if variances:

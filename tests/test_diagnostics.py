@@ -216,6 +216,15 @@ def test_init_stats_refuses_init_and_sweep_together():
     assert isinstance(result.exception, BpnetError) and "not both" in str(result.exception)
 
 
+def test_init_stats_of_a_network_without_affine_layers_says_so(tmp_path):
+    config = tmp_path / "nop.yaml"
+    config.write_text("net: {input: 4, layers: [{name: r, type: relu}, {name: d, type: dropout, "
+                      "rate: 0.3}], loss: mse}\n")
+    assert error_of("init-stats", config) == (f"{config}: net.layers: has no affine layer, and "
+                                              f"init-stats shows the variances at the affine "
+                                              f"layers' outputs")
+
+
 # ----- plot and the regression experiment ------------------------------------------------------
 
 def test_regression_random_loss_falls(regression_run):
