@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .api import load_run
 from .build import build_net, input_width, net_for
 from .config import load_config
-from .errors import BpnetError
+from .errors import BpnetError, ConfigError
 
 
 def _open(path, overrides):
@@ -103,15 +103,20 @@ def info_text(result):
 
 # ----- time ------------------------------------------------------------------------------------
 
-def random_batch(net, batch, rng):
-    """Standard-normal inputs (batch, n_in) and targets of the kind the loss takes."""
-    x = rng.standard_normal((batch, net.n_in)).astype(net.dtype)
-    if net.loss.target_kind == "class":
-        t = rng.integers(0, net.n_out, batch)
-    elif net.loss.target_kind == "binary":
-        t = (rng.random((batch, net.n_out)) > 0.5).astype(net.dtype)
-    else:
-        t = rng.standard_normal((batch, net.n_out)).astype(net.dtype)
+def random_batch(net, batch, rng, source="--batch", where=None):
+    """Standard-normal inputs (batch, n_in) and targets of the kind the loss takes. A batch
+    too large to allocate is a ConfigError naming ``source`` and ``where``, whence it came."""
+    try:
+        x = rng.standard_normal((batch, net.n_in)).astype(net.dtype)
+        if net.loss.target_kind == "class":
+            t = rng.integers(0, net.n_out, batch)
+        elif net.loss.target_kind == "binary":
+            t = (rng.random((batch, net.n_out)) > 0.5).astype(net.dtype)
+        else:
+            t = rng.standard_normal((batch, net.n_out)).astype(net.dtype)
+    except (MemoryError, ValueError):  # numpy's ValueError: past the largest array it makes
+        raise ConfigError(f"out of memory for a batch of {batch} examples of {net.n_in} inputs",
+                          source=source, where=where) from None
     return x, t
 
 
@@ -128,8 +133,12 @@ def time_net(config, overrides=(), iterations=10, batch=None, warmup=2, threads=
         from .api import set_threads
         set_threads(threads or cfg["threads"])
     net = net_for(cfg, config)
-    batch = batch or cfg["solver"]["batch_size"]
-    x, t = random_batch(net, batch, np.random.default_rng(cfg["seed"]))
+    rng = np.random.default_rng(cfg["seed"])
+    if batch:
+        x, t = random_batch(net, batch, rng)
+    else:
+        batch = cfg["solver"]["batch_size"]
+        x, t = random_batch(net, batch, rng, config, "solver.batch_size")
     names = [l.name for l in net.layers] + ["loss"]
     fwd, bwd = np.zeros(len(names)), np.zeros(len(names))
     for it in range(warmup + iterations):  # the warm-up compiles kernels and fills caches

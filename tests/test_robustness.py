@@ -230,6 +230,22 @@ def test_a_network_too_large_for_memory_is_one_line(tmp_path):
     assert_clean_error(bpnet("gradcheck", "--random", config), "out of memory")
 
 
+@pytest.mark.parametrize("args,where", [
+    (("time", "--batch", 2 ** 63), "--batch"),  # past numpy's largest dimension
+    (("init-stats", "--batch", 3 * 10 ** 18), "--batch"),  # past its largest array
+    (("gradcheck", "--random", "--batch", 3 * 10 ** 18), "--batch"),
+    (("time", "--set", f"solver.batch_size={10 ** 30}"), "{config}: solver.batch_size"),
+], ids=["time", "init-stats", "gradcheck", "time config"])
+def test_a_batch_too_large_to_allocate_names_where_it_came_from(tmp_path, args, where):
+    config = tmp_path / "small.yaml"
+    config.write_text("net: {input: 4, layers: [{name: fc, type: affine, out: 3}], "
+                      "loss: softmax_cross_entropy}\n")
+    command, *options = args
+    assert_clean_error(bpnet(command, config, *options),
+                       f"Error: {where.format(config=config)}: out of memory for a batch of",
+                       "examples of 4 inputs")
+
+
 def test_thread_count_from_python_is_checked():
     from bpnet import api
     from bpnet.errors import ConfigError
