@@ -252,7 +252,7 @@ def plot(runs, out):
 
 def main(argv=None):
     """Run the CLI: user errors become one ``Error:`` line and exit status 2 (3 on divergence)."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    debug = _debug_asked(argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, standalone_mode=False)
     except BpnetError as e:
@@ -286,6 +286,17 @@ def main(argv=None):
         click.echo(f"Error: {e.object!r}: cannot be written in the {e.encoding} encoding of "
                    f"file names", err=True)
         sys.exit(2)
+
+
+def _debug_asked(args):
+    """Whether --debug comes before the command, the only place click takes it (none of the
+    group's options takes a value, so the first word without a dash is the command)."""
+    for arg in args:
+        if arg == "--debug":
+            return True
+        if not arg.startswith("-") or arg == "--":
+            return False
+    return False
 
 
 def _usage_hint(e):

@@ -224,6 +224,14 @@ def test_bad_command_line_value_is_one_line(tiny):
     assert_clean_error(bpnet("gradcheck", tiny, "--batch", "0"), "--batch")
 
 
+def test_debug_after_the_command_is_an_unknown_option_not_a_traceback(tiny):
+    assert_clean_error(bpnet("train", tiny, "--debug", "--out", tiny.parent / "r"),
+                       "No such option", "--debug")
+    assert not (tiny.parent / "r").exists()
+    proc = bpnet("--debug", "train", tiny.parent / "missing.yaml")  # before it: a traceback
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
 def test_a_network_too_large_for_memory_is_one_line(tmp_path):
     config = tmp_path / "huge.yaml"  # 10^10 inputs: the random float64 batch alone is 149 GiB
     config.write_text("net: {input: 10000000000, layers: [{name: r, type: relu}], loss: mse}\n")
