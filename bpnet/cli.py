@@ -30,7 +30,10 @@ SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                    help="Override a config key, e.g. --set solver.lr=0.1 (repeatable).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# invoke_without_command: a bare `bpnet` prints the help and succeeds, as pip does; click's own
+# no_args_is_help reaches main() as a usage error whose message is the whole help
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.version_option(package_name="bpnet")
 @click.pass_context
@@ -40,6 +43,8 @@ def cli(ctx, debug):
     Example: bpnet train configs/mnist_mlp.yaml
     """
     ctx.obj = {"debug": debug}
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 @cli.command()

@@ -232,6 +232,12 @@ def test_debug_after_the_command_is_an_unknown_option_not_a_traceback(tiny):
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
+def test_bpnet_alone_prints_its_help_and_succeeds():
+    proc = bpnet()
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("Usage: ") and "Commands:" in proc.stdout
+
+
 def test_a_network_too_large_for_memory_is_one_line(tmp_path):
     config = tmp_path / "huge.yaml"  # 10^10 inputs: the random float64 batch alone is 149 GiB
     config.write_text("net: {input: 10000000000, layers: [{name: r, type: relu}], loss: mse}\n")
