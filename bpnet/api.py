@@ -1,6 +1,7 @@
 """The functions behind the CLI commands, usable from Python with the same arguments."""
 
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -237,19 +238,31 @@ def _csv_columns(path, header, delimiter):
     return None, []
 
 
-def evaluate_run(path, data="test"):
-    """Loss, accuracy, per-class accuracy and confusion matrix of a trained run on ``data``."""
+def evaluate_run(path, data="test", warn=None):
+    """Loss, accuracy, per-class accuracy and confusion matrix of a trained run on ``data``,
+    and ``nonfinite``, the number of examples whose outputs are NaN or infinite. ``warn`` is
+    called with a line when that number or the loss says the inputs overflow the network."""
     from .session import evaluate
 
     session, found = load_trained(path, splits=(data,) if data in SPLITS else ())
     dataset = _dataset_for(session, data)
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)
-    result = {"checkpoint": str(found), "data": str(data), **evaluate(session.net, dataset)}
-    if session.net.loss.target_kind == "class":
-        net = session.net
-        predicted = np.concatenate([net.outputs(x).argmax(axis=1)
-                                    for _, x in dataset.chunks(net.dtype)])
+    net = session.net
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is counted and reported below
+        result = {"checkpoint": str(found), "data": str(data), **evaluate(net, dataset),
+                  "nonfinite": 0}
+        # a NaN or infinite output makes the loss so, but for a softmax's logit of -inf: a
+        # classifier counts them in the pass its confusion matrix needs anyway
+        predicted = []
+        if net.loss.target_kind == "class" or not math.isfinite(result["loss"]):
+            for _, x in dataset.chunks(net.dtype):
+                z = net.outputs(x)
+                result["nonfinite"] += _nonfinite_rows(z)
+                predicted.append(z.argmax(axis=1))
+    _warn_overflow(warn, dataset, result["nonfinite"], "outputs", result["loss"])
+    if net.loss.target_kind == "class":
+        predicted = np.concatenate(predicted)
         k = session.net.n_out
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (dataset.y, predicted), 1)
@@ -260,10 +273,11 @@ def evaluate_run(path, data="test"):
     return result
 
 
-def predict_file(path, data, out):
+def predict_file(path, data, out, warn=None):
     """Write predictions for ``data`` to ``out`` (.npy or .csv); returns the array written.
 
-    ``data`` needs no labels. The file is replaced whole or not at all.
+    ``data`` needs no labels. The file is replaced whole or not at all. ``warn`` is called with
+    a line when some predictions are NaN or infinite (inputs that overflow the network).
     """
     out = Path(out)
     if out.suffix not in (".npy", ".csv"):  # before the work, not after it
@@ -273,8 +287,10 @@ def predict_file(path, data, out):
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)
     net = session.net
-    probs = np.concatenate([net.predict(x) for _, x in dataset.chunks(net.dtype)]
-                           or [np.empty((0, net.n_out), net.dtype)])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is counted and reported below
+        probs = np.concatenate([net.predict(x) for _, x in dataset.chunks(net.dtype)]
+                               or [np.empty((0, net.n_out), net.dtype)])
+    _warn_overflow(warn, dataset, _nonfinite_rows(probs), "predictions")
     kind, k = session.net.loss.target_kind, probs.shape[1]
     if kind == "class":
         table = np.column_stack([probs.argmax(axis=1), probs])
@@ -291,6 +307,19 @@ def predict_file(path, data, out):
         else:
             np.savetxt(f, table, delimiter=",", header=header, comments="", fmt="%.6g")
     return table
+
+
+def _nonfinite_rows(a):
+    return int((~np.isfinite(a)).any(axis=1).sum())
+
+
+def _warn_overflow(warn, dataset, bad, what, loss=None):
+    """Tell ``warn`` when ``bad`` examples' ``what`` or the loss are NaN or infinite."""
+    if warn is None or (not bad and (loss is None or math.isfinite(loss))):
+        return
+    said = "" if loss is None else f" and the loss is {loss}"
+    warn(f"{dataset.source}: {bad} of {len(dataset)} examples give NaN or infinite {what}{said}: "
+         f"inputs this large overflow the network's float32 arithmetic")
 
 
 def gradcheck(config, overrides=(), random=False, layer=None, samples=None, eps=1e-6, tol=1e-6,

@@ -67,6 +67,23 @@ def train(config, out, overrides, resume, quiet, threads):
         click.echo(f"run folder: {run_dir}")
 
 
+def _warn(line):
+    click.echo(f"Warning: {line}", err=True)
+
+
+def _echo_json(result):
+    """Print ``result`` as JSON, which has no NaN or infinity: such a number prints as null."""
+    import json
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return [finite(x) for x in v] if isinstance(v, list) else v
+    click.echo(json.dumps(finite(result), indent=2, allow_nan=False))
+
+
 @cli.command(name="eval")
 @click.argument("run", type=click.Path(exists=False))
 @click.option("--data", default="test", show_default=True,
@@ -79,11 +96,10 @@ def eval_(run, data, as_json, threads):
 
     Example: bpnet eval runs/mnist_mlp --data test
     """
-    import json
     from . import api
-    result = api.evaluate_run(run, data)
+    result = api.evaluate_run(run, data, warn=_warn)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        _echo_json(result)
         return
     click.echo(f"checkpoint {result['checkpoint']}, {result['data']}: {result['n']} examples")
     click.echo(f"loss {result['loss']:.6f}")
@@ -115,7 +131,7 @@ def predict(run, data, out):
     Example: bpnet predict runs/mnist_mlp configs/mnist_mlp.yaml --out predictions.csv
     """
     from . import api
-    table = api.predict_file(run, data, out)
+    table = api.predict_file(run, data, out, warn=_warn)
     click.echo(f"wrote {len(table)} predictions to {out}")
 
 

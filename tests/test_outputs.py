@@ -4,6 +4,7 @@ plot on other data files, and one-line errors with nothing saved lost."""
 import errno
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -209,12 +210,12 @@ def tiny_problem(n=120, seed=0):
     return x, y
 
 
-def train_tiny(folder, train_spec, name="tiny"):
+def train_tiny(folder, train_spec, name="tiny", activation="tanh"):
     """Train a 4-8-3 classifier for one epoch on ``train_spec``; returns the run folder."""
     cfg = {"name": name, "seed": 1, "threads": 1,
            "data": {"train": train_spec},
            "net": {"layers": [{"name": "fc1", "type": "affine", "out": 8},
-                              {"name": "act1", "type": "tanh"},
+                              {"name": "act1", "type": activation},
                               {"name": "fc2", "type": "affine", "out": 3}],
                    "loss": "softmax_cross_entropy"},
            "solver": {"type": "sgd", "lr": 0.1, "batch_size": 16, "epochs": 1}}
@@ -346,6 +347,28 @@ def test_a_model_not_trained_on_csv_takes_no_csv_column_as_a_label_in_predict(
                        "--out", tmp_path / "c.csv")
     assert "xy.csv" in line and "5 cells" in line and "4 features" in line
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_inputs_that_overflow_the_network_are_reported_in_one_warning_line(tmp_path, capsys):
+    x, y = tiny_problem()
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    run = train_tiny(tmp_path, {"format": "npz", "path": "train.npz"}, activation="relu")
+    x, y = tiny_problem(3, seed=2)
+    x[1] = 3e38  # near float32's largest: fc1 gives inf, and fc2 inf - inf
+    np.savez(tmp_path / "big.npz", x=x, y=y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's own RuntimeWarnings were printed
+        main(["eval", str(run), "--data", str(tmp_path / "big.npz"), "--json"])
+        out, err = capsys.readouterr()
+        result = json.loads(out)  # valid JSON: NaN prints as null
+        assert (result["loss"], result["nonfinite"], result["n"]) == (None, 1, 3)
+        assert err == (f"Warning: {tmp_path / 'big.npz'}: 1 of 3 examples give NaN or infinite "
+                       f"outputs and the loss is nan: inputs this large overflow the network's "
+                       f"float32 arithmetic\n")
+        main(["predict", str(run), str(tmp_path / "big.npz"), "--out", str(tmp_path / "p.npy")])
+        assert capsys.readouterr().err.startswith(f"Warning: {tmp_path / 'big.npz'}: 1 of 3 "
+                                                  f"examples give NaN or infinite predictions")
+    assert np.isnan(np.load(tmp_path / "p.npy")[1, 1:]).all()
 
 
 def test_eval_of_a_model_not_trained_on_csv_wants_features_then_labels(npz_run, tmp_path, capsys):
