@@ -10,7 +10,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError, DataError
-from .files import replacing
+from .files import refuse_special, replacing
 from .runs import claimed, is_run, remove_stale_temps, run_folder
 
 def set_threads(n):
@@ -123,6 +123,7 @@ def _dataset_for(session, data, labels=True):
     if data in SPLITS:
         return session.splits.get(data)
     path = Path(data)
+    refuse_special(path, DataError)  # before the header peek below: a FIFO would block it
     train = (session.cfg["data"] or {}).get("train") or {}
     if path.suffix in (".yaml", ".yml"):
         other = load_config(path)

@@ -12,6 +12,7 @@ import yaml
 
 from . import spec
 from .errors import ConfigError, describe
+from .files import refuse_special
 from .spec import Option
 
 MAX_THREADS = 1024  # far above any CPU bpnet runs on; threadpoolctl overflows on huge counts
@@ -162,6 +163,7 @@ def load_yaml(path):
     """Read a YAML file with safe loading; errors name the file, line and column."""
     path = Path(path)
     try:
+        refuse_special(path, ConfigError)
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError("file not found", source=path) from None

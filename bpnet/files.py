@@ -106,6 +106,20 @@ def open_regular(path, flags, mode):
     return os.fdopen(fd, mode)
 
 
+def refuse_special(path, error=BpnetError):
+    """Raise ``error`` naming ``path`` if it is a folder or not a regular file: reading a FIFO
+    waits for ever for a writer. A missing or unreadable path is left to the read that follows,
+    which names its own problem."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISDIR(mode):
+        raise error("is a folder, expected a file", source=path)
+    if not stat.S_ISREG(mode):
+        raise error("is not a regular file (a FIFO or a device?)", source=path)
+
+
 def open_lock_file(path):
     """``path`` opened for locking (made if missing), or a BpnetError naming it."""
     try:

@@ -393,3 +393,23 @@ def test_failed_write_leaves_earlier_checkpoints(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="No space left"):
         api.train(overrides=["solver.epochs=3"], resume=tmp_path / "run", quiet=True)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == saved
+
+
+@pytest.mark.parametrize("name", ["images.idx", "d.npz", "d.csv", "c.yaml"])
+def test_a_fifo_given_as_a_data_or_config_file_is_refused_not_waited_on(tmp_path, name):
+    """Reading a FIFO waits for a writer that never comes: refuse it before opening."""
+    from bpnet.config import load_config
+    from bpnet.data import read_csv, read_idx, read_npz
+    from bpnet.errors import BpnetError
+    path = tmp_path / name
+    os.mkfifo(path)
+    read = {"images.idx": read_idx, "d.npz": lambda p: read_npz(p, "x", "y"),
+            "d.csv": lambda p: read_csv(p, 0), "c.yaml": load_config}[name]
+    signal.alarm(20)  # a regression would block here: fail instead of hanging the suite
+    try:
+        with pytest.raises(BpnetError, match=f"{name}: is not a regular file"):
+            read(path)
+    finally:
+        signal.alarm(0)
+    with pytest.raises(BpnetError, match=f"{tmp_path.name}: is a folder, expected a file"):
+        read(tmp_path)

@@ -6,6 +6,7 @@ import csv
 import numpy as np
 
 from ..errors import DataError
+from ..files import refuse_special
 
 # UTF-8, without the byte-order mark that Excel's "CSV UTF-8" puts before the first name
 CSV_ENCODING = "utf-8-sig"
@@ -15,6 +16,7 @@ def read_csv(path, label, header="auto", delimiter=","):
     """Features, label column(s) and each example's line number from a CSV; the header is
     detected when ``auto``."""
     try:
+        refuse_special(path, DataError)
         with open(path, newline="", encoding=CSV_ENCODING) as f:
             try:
                 rows = list(csv.reader(f, delimiter=delimiter))

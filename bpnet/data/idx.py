@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..files import refuse_special
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CHUNK = 1 << 22
@@ -72,6 +73,7 @@ class _Gunzip:
 
 def _open(path):
     path = Path(path)
+    refuse_special(path, DataError)
     try:
         return _Gunzip(path) if path.suffix == ".gz" else open(path, "rb")
     except FileNotFoundError:

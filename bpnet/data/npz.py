@@ -7,6 +7,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..errors import DataError
+from ..files import refuse_special
 from .checks import check_examples
 
 
@@ -18,6 +19,7 @@ def read_npz(path, x_key, y_key=None):
     find that there are too few labels for them.
     """
     try:
+        refuse_special(path, DataError)
         z = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped, not read, if an .npy
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise DataError("not an .npz archive: it holds a single .npy array; save x and y "
