@@ -96,18 +96,18 @@ def load_run(path, overrides=()):
     return load_config(config, overrides), config, found
 
 
-def load_trained(path, splits):
+def load_trained(path, splits, labels=True):
     """A session whose network holds the weights of a run folder or checkpoint.
 
-    Only ``splits`` are read; the network's input width comes from the checkpoint, so with
-    no splits no data file is read at all.
+    Only ``splits`` are read (without their labels unless ``labels``); the network's input
+    width comes from the checkpoint, so with no splits no data file is read at all.
     """
     from .session import open_session
 
     cfg, config, found = load_run(path)
     arrays, meta = ckpt.load(found)
     n_in = ckpt.recorded_input_width(meta, arrays, cfg, found)
-    session = open_session(cfg, source=config, splits=splits, n_in=n_in)
+    session = open_session(cfg, source=config, splits=splits, n_in=n_in, labels=labels)
     session.net.load_state_dict(ckpt.with_prefix(arrays, "param"), found)
     return session, found
 
@@ -283,7 +283,7 @@ def predict_file(path, data, out, warn=None):
     out = Path(out)
     if out.suffix not in (".npy", ".csv"):  # before the work, not after it
         raise BpnetError("expected a .npy or .csv output file", source=out)
-    session, found = load_trained(path, splits=(data,) if data in SPLITS else ())
+    session, found = load_trained(path, splits=(data,) if data in SPLITS else (), labels=False)
     dataset = _dataset_for(session, data, labels=False)
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)

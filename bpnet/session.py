@@ -22,12 +22,14 @@ class Session:
     source: object = None
 
 
-def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "test"), n_in=None):
+def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "test"), n_in=None,
+                 labels=True):
     """Read the config's data (only ``splits``) and build its network for that data.
 
     Given ``n_in`` (a checkpoint records it), the network is built without the training data,
     which is then read only when a wanted split comes from it: a trained model can predict
-    after its training files are gone.
+    after its training files are gone. Without ``labels`` (predict) the splits' labels are
+    neither read nor checked, and their Datasets have no targets.
     """
     data = cfg["data"]
     if data is None and (n_in is None or splits):
@@ -38,7 +40,7 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     need_train = n_in is None or "train" in splits or ("val" in splits and data["val_split"])
     wanted = [name for name in ("train", "val", "test") if data[name] is not None
               and (name in splits or (name == "train" and need_train))]
-    raw = dict(zip(wanted, _read_while_numba_imports([data[name] for name in wanted])))
+    raw = dict(zip(wanted, _read_while_numba_imports([data[name] for name in wanted], labels)))
     net = build_net(cfg, raw["train"][0].shape[1] if n_in is None else n_in, dtype=dtype,
                     source=source)
     for name, (x, _, path, _) in raw.items():
@@ -49,7 +51,8 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     if isinstance(mean, list) and len(mean) != net.n_in:
         raise ConfigError(f"has {len(mean)} values, expected 1 or {net.n_in} (one per feature)",
                           source=source, where="data.mean")
-    out = {name: Dataset(x, net.loss.targets_from(y, path, lines), mean, data["scale"], path)
+    out = {name: Dataset(x, None if y is None else net.loss.targets_from(y, path, lines), mean,
+                         data["scale"], path)
            for name, (x, y, path, lines) in raw.items()}
     split = data["val_split"]
     if split and "val" in out:
@@ -66,7 +69,7 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     return Session(cfg, net, {k: v for k, v in out.items() if k in splits}, source)
 
 
-def _read_while_numba_imports(specs):
+def _read_while_numba_imports(specs, labels=True):
     """The datasets, read on a thread while this one imports numba (about half a second),
     which building the network needs anyway. Inflating .gz files and reading files run
     without the GIL, so the two overlap; CSV parsing is Python and gains nothing.
@@ -81,7 +84,7 @@ def _read_while_numba_imports(specs):
             if stop.is_set():
                 return
             try:
-                results[i] = (read_dataset(spec), None)
+                results[i] = (read_dataset(spec, labels), None)
             except BaseException as e:  # noqa: B036  (handed to the main thread as it is)
                 results[i] = (None, e)
                 stop.set()

@@ -251,6 +251,19 @@ def csv_run(tmp_path_factory):
                                "delimiter": ";"})
 
 
+def test_predict_on_a_split_reads_no_labels(tmp_path, capsys):
+    """predict needs no labels, for a split of the config as for a file: labels that no longer
+    fit (or are gone) stop eval, not predict."""
+    x, y = tiny_problem()
+    np.savez(tmp_path / "train.npz", inputs=x, targets=y)
+    run = train_tiny(tmp_path, {"format": "npz", "path": "train.npz", "x": "inputs",
+                                "y": "targets"})
+    np.savez(tmp_path / "train.npz", inputs=x, targets=y[:10])
+    bpnet("predict", run, "train", "--out", tmp_path / "p.npy")
+    assert np.load(tmp_path / "p.npy").shape == (len(x), 4)
+    assert "inputs but 10 labels" in bpnet_fails(capsys, "eval", run, "--data", "train")
+
+
 def test_eval_on_an_npz_reads_the_training_array_names(npz_run, tmp_path):
     x, y = tiny_problem(50, seed=2)
     np.savez(tmp_path / "more.npz", inputs=x, targets=y)

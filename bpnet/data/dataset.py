@@ -83,4 +83,5 @@ class Dataset:
         return self.inputs(dtype, rows), t if t.dtype == np.int64 else t.astype(dtype)
 
     def subset(self, rows):
-        return Dataset(self.x[rows], self.y[rows], self.mean, self.scale, self.source)
+        y = None if self.y is None else self.y[rows]
+        return Dataset(self.x[rows], y, self.mean, self.scale, self.source)
