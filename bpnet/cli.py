@@ -122,7 +122,8 @@ def eval_(run, data, as_json, threads):
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output file, .npy or .csv.")
 def predict(run, data, out):
-    """Write predictions of RUN for DATA (a .npz, .csv or config file) to --out.
+    """Write predictions of RUN for DATA (a .npz, .csv or config file, or a split of the run:
+    train, val or test) to --out.
 
     DATA is read as the training data was, and needs no labels: an .npz without the label
     array, or a .csv of the features only (for a model trained on CSV, one with its label
