@@ -5,14 +5,12 @@ when a figure is drawn. Figures are built on ``matplotlib.figure.Figure`` rather
 so nothing depends on a display or on pyplot's global state.
 """
 
-import csv
-import io
 import math
 from pathlib import Path
 
-from .data import decode_csv
 from .errors import BpnetError
 from .files import replacing
+from .metrics import read_metrics
 
 
 def _figure(**kwargs):
@@ -43,44 +41,6 @@ def _save(fig, out):
 
 # ----- training curves ------------------------------------------------------------------------
 
-def read_metrics(run_dir):
-    """The rows of ``RUN_DIR/metrics.csv`` as dicts of floats (None where a cell is empty)."""
-    path = Path(run_dir) / "metrics.csv"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise BpnetError("no metrics.csv here; expected a run folder written by bpnet train",
-                         source=run_dir) from None
-    except OSError as e:
-        raise BpnetError(f"cannot read: {e.strerror or e}", source=path) from None
-    reader = csv.reader(io.StringIO(decode_csv(raw, path), newline=""))
-    rows = []
-    try:
-        for cells in reader:
-            if cells:  # blank lines carry nothing, as csv.DictReader sees them
-                rows.append((reader.line_num, cells))
-    except csv.Error as e:
-        raise BpnetError(f"not valid CSV: {e}", source=path,
-                         where=f"line {reader.line_num}") from None
-    if not rows:
-        raise BpnetError("is empty; expected a header and one row per epoch", source=path)
-    header = rows[0][1]
-    out = []
-    for line, cells in rows[1:]:
-        if len(cells) != len(header):
-            raise BpnetError(f"has {len(cells)} cells, the header has {len(header)}",
-                             source=path, where=f"line {line}")
-        try:
-            out.append({k: (float(v) if v != "" else None) for k, v in zip(header, cells)})
-        except ValueError:
-            raise BpnetError("holds a value that is not a number", source=path,
-                             where=f"line {line}") from None
-    if "epoch" not in header or not out:
-        raise BpnetError("has no epochs yet (or no epoch column)", source=path)
-    for (line, _), row in zip(rows[1:], out):
-        if row["epoch"] is None or not math.isfinite(row["epoch"]):
-            raise BpnetError("has no epoch number", source=path, where=f"line {line}")
-    return out
 
 
 def plot_runs(run_dirs, out=None):

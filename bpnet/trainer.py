@@ -5,8 +5,6 @@ epoch's example order and position, generator states, schedule state), so a run 
 any step boundary and resumed gives the same weights, bit for bit, as one that never stopped.
 """
 
-import csv
-import io
 import math
 import signal
 import sys
@@ -21,11 +19,9 @@ from . import checkpoint as ckpt
 from .build import seeds
 from .errors import BpnetError, CheckpointError, ConfigError, DataError, DivergenceError
 from .files import write_text
+from .metrics import COLUMNS, format_row, write_metrics
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
-
-COLUMNS = ("epoch", "iteration", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
-           "test_loss", "test_acc", "seconds", "samples_per_sec", "skipped")
 
 
 PROGRESS_SECONDS = 10  # without a terminal, a plain progress line at most this often
@@ -188,7 +184,7 @@ class Trainer:
             self._save(ckpt.checkpoint_name(self.iteration))
         if improved and self.cfg["checkpoint"]["best"]:
             self._save("best.npz")
-        self._write_metrics()
+        write_metrics(self.run_dir, self.rows)
         self.log(format_row(row, self.s["epochs"]))
         return stop
 
@@ -363,7 +359,7 @@ class Trainer:
         self.shuffle_rng.bit_generator.state = shuffle_state
         self.net.dropout_rng.bit_generator.state = dropout_state
         self.order = order
-        self._write_metrics()
+        write_metrics(self.run_dir, self.rows)
 
     def keep_best(self, path):
         """Let the run's ``best.npz`` at ``path``, if any, set the bar for replacing it: a
@@ -377,29 +373,6 @@ class Trainer:
         if meta["best_val"] is not None and (self.best_val is None
                                              or meta["best_val"] < self.best_val):
             self.best_val = meta["best_val"]
-
-    def _write_metrics(self):
-        text = io.StringIO()
-        writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
-        write_text(self.run_dir / "metrics.csv", text.getvalue())
-
-
-def format_row(row, epochs):
-    """The one line printed per epoch."""
-    def pair(name):
-        loss, acc = row.get(f"{name}_loss"), row.get(f"{name}_acc")
-        if loss is None:
-            return ""
-        return f"  {name} loss {loss:.4f}" + (f" acc {100 * acc:.2f}%" if acc is not None else "")
-    speed = row.get("samples_per_sec") or 0
-    skipped = f"  skipped {row['skipped']}" if row.get("skipped") else ""
-    return (f"epoch {row['epoch']}/{epochs}{pair('train')}{pair('val')}{pair('test')}"
-            f"  lr {row['lr']:.4g}  {row['seconds']:.1f} s  {speed:,.0f} samples/s{skipped}")
-
 
 def save_config(cfg, run_dir):
     write_text(Path(run_dir) / "config.yaml",

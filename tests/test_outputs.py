@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bpnet import api, plot
+from bpnet import api, metrics
 from bpnet.build import net_for
 from bpnet.cli import cli, main
 from bpnet.config import load_config
@@ -155,16 +155,16 @@ def test_plot_names_the_line_of_bytes_that_are_not_utf8(metrics_run, capsys):
 
 def test_plot_reads_a_metrics_csv_saved_with_a_byte_order_mark(metrics_run):
     (metrics_run / "metrics.csv").write_bytes(("\ufeff" + HEADER + ROWS).encode())
-    assert [row["epoch"] for row in plot.read_metrics(metrics_run)] == [1.0, 2.0]
+    assert [row["epoch"] for row in metrics.read_metrics(metrics_run)] == [1.0, 2.0]
     with open(metrics_run / "metrics.csv", "ab") as f:
         f.write(b"3,30,0.1,0.4,0.8,0.5,\xff\n")
     with pytest.raises(BpnetError, match="metrics.csv: line 4: byte 0xff is not UTF-8"):
-        plot.read_metrics(metrics_run)
+        metrics.read_metrics(metrics_run)
 
 
 def test_read_metrics_still_reads_empty_cells_as_none(metrics_run):
     (metrics_run / "metrics.csv").write_text(HEADER + "1,10,0.1,0.9,,,\n")
-    assert plot.read_metrics(metrics_run) == [{"epoch": 1.0, "iteration": 10.0, "lr": 0.1,
+    assert metrics.read_metrics(metrics_run) == [{"epoch": 1.0, "iteration": 10.0, "lr": 0.1,
                                                "train_loss": 0.9, "train_acc": None,
                                                "val_loss": None, "val_acc": None}]
 
