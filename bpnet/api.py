@@ -1,6 +1,5 @@
 """The functions behind the CLI commands, usable from Python with the same arguments."""
 
-import csv
 import math
 import sys
 from pathlib import Path
@@ -9,8 +8,9 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
-from .errors import BpnetError, ConfigError, DataError
-from .files import refuse_special, replacing
+from .errors import BpnetError, ConfigError
+from .files import replacing
+from .run_data import SPLITS, dataset_for
 from .runs import claimed, is_run, remove_stale_temps, run_folder
 
 def set_threads(n):
@@ -74,9 +74,6 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
         return run_dir, trainer.run()
 
 
-SPLITS = ("train", "val", "test")
-
-
 def load_run(path, overrides=()):
     """(resolved config, its path, checkpoint path) for a run folder or a checkpoint in one."""
     path = Path(path)
@@ -112,133 +109,6 @@ def load_trained(path, splits, labels=True):
     return session, found
 
 
-def _dataset_for(session, data, labels=True):
-    """The dataset ``--data`` names: a split, or a data or config file to read.
-
-    A .npz or .csv file is read with the training data's options (array names; label columns,
-    header and delimiter) when it has the same format. Without ``labels`` (predict) no labels
-    are read or checked: the file may hold features only, and the Dataset has no targets.
-    """
-    from .data import Dataset, read_dataset
-    if data in SPLITS:
-        return session.splits.get(data)
-    path = Path(data)
-    refuse_special(path, DataError)  # before the header peek below: a FIFO would block it
-    train = (session.cfg["data"] or {}).get("train") or {}
-    if path.suffix in (".yaml", ".yml"):
-        other = load_config(path)
-        spec = (other["data"] or {}).get("test") or (other["data"] or {}).get("train")
-        if spec is None:
-            raise ConfigError("has no data.test or data.train to evaluate on", source=path)
-    elif path.suffix == ".npz":
-        spec = _npz_spec(path, train)
-    elif path.suffix == ".csv":
-        spec = _csv_spec(path, train, session.net, labels)
-    else:
-        raise DataError("expected a .npz, .csv or config .yaml file", source=path)
-    x, y, source, lines = read_dataset(spec, labels)
-    n_in = session.net.n_in
-    if x.shape[1] != n_in:
-        raise DataError(f"examples have {x.shape[1]} features, the network takes {n_in}",
-                        source=source)
-    y = session.net.loss.targets_from(y, source, lines) if labels else None
-    d = session.cfg["data"] or {"mean": 0.0, "scale": 1.0}
-    return Dataset(x, y, d["mean"], d["scale"], source)
-
-
-def _npz_spec(path, train):
-    from .config import dataset_spec
-
-    keys = {k: train[k] for k in ("x", "y")} if train.get("format") == "npz" else {}
-    return dataset_spec({"format": "npz", "path": str(path), **keys}, "--data", path, ".")
-
-
-def _csv_spec(path, train, net, labels):
-    """How to read a CSV ``--data`` file: which columns are labels, and whether there are any.
-
-    A model trained on CSV finds its label columns where the training data had them. For any
-    other model, eval reads the columns after the network's n_in features as labels, and
-    predict takes no column as a label: it cannot check a guess, so the width must be n_in.
-    """
-    from .config import dataset_spec
-
-    same = train.get("format") == "csv"
-    header = train["header"] if same else "auto"
-    delimiter = train["delimiter"] if same else ","
-    width, names = _csv_columns(path, header, delimiter)
-    n_in = net.n_in
-    if same:
-        label = train["label"]
-        wanted = label if isinstance(label, list) else [label]
-        present = all(c in names if isinstance(c, str) else width == n_in + len(wanted)
-                      for c in wanted)
-        if not labels and not present:
-            if width != n_in and width is not None:
-                raise DataError(f"rows have {width} cells, expected the network's {n_in} "
-                                f"features, or those and the label column(s) "
-                                f"{', '.join(map(repr, wanted))} as in the training data",
-                                source=path)
-            label = None
-        _check_feature_names(path, names, train, header, delimiter, wanted if present else [])
-    else:
-        k = 1 if net.loss.target_kind == "class" else net.n_out
-        if labels:
-            if width is not None and width != n_in + k:
-                raise DataError(f"rows have {width} cells, expected {n_in + k}: the network's "
-                                f"{n_in} features, then {k} label column(s)", source=path)
-            label = -1 if k == 1 else list(range(n_in, n_in + k))
-        else:
-            if width is not None and width != n_in:
-                raise DataError(f"rows have {width} cells, the network takes {n_in} features; "
-                                f"the model was not trained on CSV, so no column is taken as a "
-                                f"label: give features only, or a config naming the data",
-                                source=path)
-            label = None
-    spec = dataset_spec({"format": "csv", "path": str(path), "label": label or 0, "header": header,
-                         "delimiter": delimiter}, "--data", path, ".")
-    if label is None:
-        spec["label"] = []  # read_csv then takes every column as a feature (a config never may)
-    return spec
-
-
-def _check_feature_names(path, names, train, header, delimiter, labels):
-    """Refuse a CSV whose header names other feature columns, or the same in another order,
-    than the training CSV's (when both have headers and that file is still there): the
-    network would take x2 for x1 without a word."""
-    trained = _csv_columns(Path(train["path"]), header, delimiter)[1]
-    if not names or not trained:
-        return
-
-    def features(columns, wanted):
-        drop = {c if isinstance(c, str) else columns[c] for c in wanted
-                if isinstance(c, str) or -len(columns) <= c < len(columns)}
-        return [c for c in columns if c not in drop]
-
-    now, then = features(names, labels), features(trained, train["label"] if isinstance(
-        train["label"], list) else [train["label"]])
-    if now != then:
-        raise DataError(f"feature columns {', '.join(now)} differ from the training data's "
-                        f"{', '.join(then)} (names and order must match)", source=path,
-                        where="line 1")
-
-
-def _csv_columns(path, header, delimiter):
-    """(cells per row, header names or []) from a CSV's first row; (None, []) when it cannot be
-    read, which read_csv then reports in full."""
-    from .data import CSV_ENCODING, is_float
-
-    try:
-        with open(path, newline="", encoding=CSV_ENCODING) as f:
-            for cells in csv.reader(f, delimiter=delimiter):
-                if any(c.strip() for c in cells):
-                    if header == "auto":
-                        header = not all(is_float(c) for c in cells)
-                    return len(cells), [c.strip() for c in cells] if header else []
-    except (OSError, UnicodeDecodeError, csv.Error, TypeError):
-        pass
-    return None, []
-
-
 def evaluate_run(path, data="test", warn=None):
     """Loss, accuracy, per-class accuracy and confusion matrix of a trained run on ``data``,
     and ``nonfinite``, the number of examples whose outputs are NaN or infinite. ``warn`` is
@@ -246,7 +116,7 @@ def evaluate_run(path, data="test", warn=None):
     from .session import evaluate
 
     session, found = load_trained(path, splits=(data,) if data in SPLITS else ())
-    dataset = _dataset_for(session, data)
+    dataset = dataset_for(session, data)
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)
     net = session.net
@@ -284,7 +154,7 @@ def predict_file(path, data, out, warn=None):
     if out.suffix not in (".npy", ".csv"):  # before the work, not after it
         raise BpnetError("expected a .npy or .csv output file", source=out)
     session, found = load_trained(path, splits=(data,) if data in SPLITS else (), labels=False)
-    dataset = _dataset_for(session, data, labels=False)
+    dataset = dataset_for(session, data, labels=False)
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)
     net = session.net
