@@ -2,6 +2,7 @@
 
 import copy
 import linecache
+import sys
 
 import numpy as np
 import pytest
@@ -28,57 +29,58 @@ def _act_output(rng, shape, dtype, kind):
     return y
 
 
-# For each kernel, a function (rng, dtype, kind) -> the argument tuple. Kernels that take no
-# activation code ignore ``kind`` and are run once.
+# For each kernel, a function (rng, dtype, kind) -> the argument tuple, for a batch of ROWS
+# examples. Kernels that take no activation code ignore ``kind`` and are run once.
+ROWS = 7
 def _act_forward(rng, d, kind):
-    x = rng.standard_normal((7, 13)).astype(d)
+    x = rng.standard_normal((ROWS, 13)).astype(d)
     return x, _unwritten(x), kind, d(0.1)
 
 
 def _bias_act_forward(rng, d, kind):
-    return rng.standard_normal((7, 13)).astype(d), rng.standard_normal(13).astype(d), kind, d(0.1)
+    return rng.standard_normal((ROWS, 13)).astype(d), rng.standard_normal(13).astype(d), kind, d(0.1)
 
 
 def _act_backward(rng, d, kind):
-    dy = rng.standard_normal((7, 13)).astype(d)
+    dy = rng.standard_normal((ROWS, 13)).astype(d)
     return dy, _act_output(rng, dy.shape, d, kind), _unwritten(dy), kind, d(0.1)
 
 
 def _act_backward_bias_grad(rng, d, kind, overwrite):
-    dy = rng.standard_normal((7, 13)).astype(d)
+    dy = rng.standard_normal((ROWS, 13)).astype(d)
     return (dy, _act_output(rng, dy.shape, d, kind), _unwritten(dy),
             rng.standard_normal(13).astype(d), overwrite, kind, d(0.1))
 
 
 def _column_sum(rng, d, overwrite):
-    return rng.standard_normal((9, 6)).astype(d), rng.standard_normal(6).astype(d), overwrite
+    return rng.standard_normal((ROWS, 6)).astype(d), rng.standard_normal(6).astype(d), overwrite
 
 
 def _softmax_xent(rng, d):
-    z = (3 * rng.standard_normal((8, 10))).astype(d)
-    return z, rng.integers(0, 10, 8).astype(np.int64), _unwritten(z), d(1 / 8)
+    z = (3 * rng.standard_normal((ROWS, 10))).astype(d)
+    return z, rng.integers(0, 10, ROWS).astype(np.int64), _unwritten(z), d(1 / ROWS)
 
 
 def _softmax(rng, d):
-    z = (3 * rng.standard_normal((8, 10))).astype(d)
+    z = (3 * rng.standard_normal((ROWS, 10))).astype(d)
     return z, _unwritten(z)
 
 
 def _sigmoid_xent(rng, d):
-    z = (4 * rng.standard_normal((8, 5))).astype(d)
-    t = (rng.random((8, 5)) > 0.5).astype(d)
-    return z, t, _unwritten(z), d(1 / 8)
+    z = (4 * rng.standard_normal((ROWS, 5))).astype(d)
+    t = (rng.random((ROWS, 5)) > 0.5).astype(d)
+    return z, t, _unwritten(z), d(1 / ROWS)
 
 
 def _squared_error(rng, d):
-    y = rng.standard_normal((8, 5)).astype(d)
-    return y, rng.standard_normal((8, 5)).astype(d), _unwritten(y), d(1 / 8)
+    y = rng.standard_normal((ROWS, 5)).astype(d)
+    return y, rng.standard_normal((ROWS, 5)).astype(d), _unwritten(y), d(1 / ROWS)
 
 
 def _gather_scale(rng, d):
     x = rng.integers(0, 256, (20, 12)).astype(np.uint8)
-    rows = rng.permutation(20)[:7].astype(np.int64)
-    return x, rows, rng.random(12).astype(d), d(1 / 255), _unwritten(np.empty((7, 12), d))
+    rows = rng.permutation(20)[:ROWS].astype(np.int64)
+    return x, rows, rng.random(12).astype(d), d(1 / 255), _unwritten(np.empty((ROWS, 12), d))
 
 
 SPANS = np.array([0, 7, 7, 20, 30], np.int64)  # four parameters, one of them empty
@@ -121,13 +123,17 @@ def _tolerance(dtype):
     return dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("rows", [ROWS, 1], ids=["batch", "one-example"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("name", NAMES)
-def test_kernel_matches_reference(name, dtype):
+def test_kernel_matches_reference(name, dtype, rows, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROWS", rows)  # the batch the makers build
     assert name in CASES, f"kernel {name!r} has no test inputs: add it to CASES in {__file__}"
     assert hasattr(reference, name), f"kernel {name!r} has no numpy twin in kernels/reference.py"
     for label, make in CASES[name]:
         args = make(np.random.default_rng(7), dtype)
+        assert any(a.shape[0] == rows for a in args if isinstance(a, np.ndarray) and a.ndim == 2) \
+            or name.endswith("_update")  # the updates take flat buffers: no batch
         jit_args, ref_args = copy.deepcopy(args), copy.deepcopy(args)
         got = getattr(jit, name)(*jit_args)
         want = getattr(reference, name)(*ref_args)
