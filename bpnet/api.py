@@ -9,6 +9,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError
+from .resume_checks import recorded_input_width
 from .files import replacing
 from .run_data import SPLITS, dataset_for
 from .runs import claimed, is_run, remove_stale_temps, run_folder
@@ -103,7 +104,7 @@ def load_trained(path, splits, labels=True):
 
     cfg, config, found = load_run(path)
     arrays, meta = ckpt.load(found)
-    n_in = ckpt.recorded_input_width(meta, arrays, cfg, found)
+    n_in = recorded_input_width(meta, arrays, cfg, found)
     session = open_session(cfg, source=config, splits=splits, n_in=n_in, labels=labels)
     session.net.load_state_dict(ckpt.with_prefix(arrays, "param"), found)
     return session, found

@@ -17,6 +17,7 @@ from .api import load_run
 from .build import build_net, input_width, net_for
 from .config import load_config
 from .errors import BpnetError, ConfigError
+from .resume_checks import recorded_input_width
 
 
 def _open(path, overrides):
@@ -43,7 +44,7 @@ def info(path, overrides=()):
     if found is not None:
         arrays, meta = ckpt.load(found)
         ckpt.check_entries(meta, found, ["epoch", "iteration"])  # shown below
-        width = ckpt.recorded_input_width(meta, arrays, cfg, found) or input_width(cfg)
+        width = recorded_input_width(meta, arrays, cfg, found) or input_width(cfg)
         net = build_net(cfg, width, source=source)
         net.load_state_dict(ckpt.with_prefix(arrays, "param"), found)
     else:

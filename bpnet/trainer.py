@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from . import checkpoint as ckpt
+from . import resume_checks
 from .build import seeds
 from .errors import BpnetError, CheckpointError, ConfigError, DataError, DivergenceError
 from .files import write_text
@@ -322,17 +323,17 @@ class Trainer:
         path = Path(path)
         arrays, meta = ckpt.load(path)
         ckpt.check_meta(meta, path, COLUMNS)
-        ckpt.check_fits(meta, self.cfg, self.net.n_in, path, self.session.source)
+        resume_checks.check_fits(meta, self.cfg, self.net.n_in, path, self.session.source)
         order = arrays.get("order")
         if order is not None:  # first: a changed training set is no corrupt position
-            order = ckpt.check_order(order, len(self.train_set), path, self.session.source)
-        position = ckpt.position_for(meta, len(self.train_set), self.s["batch_size"], path,
+            order = resume_checks.check_order(order, len(self.train_set), path, self.session.source)
+        position = resume_checks.position_for(meta, len(self.train_set), self.s["batch_size"], path,
                                      self.session.source)
         if order is None and position:
             raise CheckpointError(f"corrupt checkpoint: stopped at batch {position} of an epoch "
                                   f"but has no 'order'", source=path)
-        shuffle_state = ckpt.check_generator_state(self.shuffle_rng, meta, "shuffle_rng", path)
-        dropout_state = ckpt.check_generator_state(self.net.dropout_rng, meta, "dropout_rng", path)
+        shuffle_state = resume_checks.check_generator_state(self.shuffle_rng, meta, "shuffle_rng", path)
+        dropout_state = resume_checks.check_generator_state(self.net.dropout_rng, meta, "dropout_rng", path)
         if self.newbob and meta["newbob"] is not None:  # None: the run switches to newbob now
             self.newbob.load_state(meta["newbob"], path)
             if (self.newbob.stopped or 0) > meta["epoch"]:
