@@ -92,6 +92,7 @@ class Layer:
     def forward(self, x, train=True):
         """y = layer(x).  x: (batch, n_in) -> y: (batch, n_out), a fresh array."""
         self._check(x, self.n_in, "input")
+        x = np.ascontiguousarray(x)  # the kernels take C order: another layout compiles anew
         y = np.empty((x.shape[0], self.n_out), self.dtype)
         self._cache = None
         self._forward(x, y, train)
@@ -103,6 +104,7 @@ class Layer:
             raise ShapeError(f"layer {self.name!r}: backward called without a training-mode forward")
         batch = self._cache_batch()
         self._check(dy, self.n_out, "output gradient", batch)
+        dy = np.ascontiguousarray(dy)
         dx = np.empty((batch, self.n_in), self.dtype)
         self._backward(dy, dx)
         return dx
