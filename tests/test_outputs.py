@@ -323,6 +323,20 @@ def test_a_csv_whose_header_names_other_features_is_refused(csv_run, tmp_path, c
         assert "feature columns a, b, c, e differ" in line
 
 
+def test_predict_parses_no_label_cell_of_a_csv(csv_run, tmp_path, capsys):
+    """The label column is left out unread: '?' where a label would be stops eval only."""
+    x, _ = tiny_problem(10, seed=2)
+    plain = write_csv(tmp_path / "features.csv", x, None, ";", ["a", "b", "c", "d"])
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("cls;a;b;c;d\n" + "".join(
+        "?;" + line + "\n" for line in plain.read_text().splitlines()[1:]))
+    bpnet("predict", csv_run, plain, "--out", tmp_path / "a.csv")
+    bpnet("predict", csv_run, unknown, "--out", tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert "line 2: cell '?' is not a number" in bpnet_fails(capsys, "eval", csv_run, "--data",
+                                                             unknown)
+
+
 def test_eval_on_a_csv_names_the_line_of_a_bad_label(csv_run, tmp_path, capsys):
     path = tmp_path / "bad.csv"
     path.write_text("cls;a;b;c;d\n0;1;2;3;4\n\n2.5;1;2;3;4\n")

@@ -25,8 +25,8 @@ __all__ = ["CSV_ENCODING", "Dataset", "decode_csv", "is_float", "read_csv", "rea
 def read_dataset(spec, labels=True):
     """(x, y, source, lines) for a validated dataset spec; x keeps its stored dtype (see
     ``_native``), flattened to 2-D; ``lines`` are the examples' line numbers in a CSV, else
-    None. Without ``labels`` (predict), y is None and its file or array is not read; a CSV's
-    label columns are still read, to be left out of the inputs."""
+    None. Without ``labels`` (predict), y is None and its file, array or CSV cells are not
+    read."""
     fmt, lines = spec["format"], None
     if fmt == "idx":
         x, y = read_idx(spec["images"]), read_idx(spec["labels"]) if labels else None
@@ -35,8 +35,8 @@ def read_dataset(spec, labels=True):
         x, y = read_npz(spec["path"], spec["x"], spec["y"] if labels else None)
         source = spec["path"]
     else:
-        x, y, lines = read_csv(spec["path"], spec["label"], spec["header"], spec["delimiter"])
-        y = y if labels else None
+        x, y, lines = read_csv(spec["path"], spec["label"], spec["header"], spec["delimiter"],
+                               labels)
         source = spec["path"]
     check_examples(x, y, source)
     x, y = native(x), None if y is None else native(y)

@@ -12,9 +12,9 @@ from ..files import refuse_special
 CSV_ENCODING = "utf-8-sig"
 
 
-def read_csv(path, label, header="auto", delimiter=","):
-    """Features, label column(s) and each example's line number from a CSV; the header is
-    detected when ``auto``."""
+def read_csv(path, label, header="auto", delimiter=",", labels=True):
+    """Features, label column(s) (None without ``labels``: their cells are not even parsed)
+    and each example's line number from a CSV; the header is detected when ``auto``."""
     try:
         refuse_special(path, DataError)
         with open(path, newline="", encoding=CSV_ENCODING) as f:
@@ -36,23 +36,27 @@ def read_csv(path, label, header="auto", delimiter=","):
     names = [c.strip() for c in rows[0][1]] if header else []
     body = rows[1:] if header else rows
     width = len(rows[0][1])
-    labels = label if isinstance(label, list) else [label]
-    columns = [_column(c, names, width, path, rows[0][0]) for c in labels]
-    values = np.empty((len(body), width), np.float64)
+    wanted = label if isinstance(label, list) else [label]
+    columns = [_column(c, names, width, path, rows[0][0]) for c in wanted]
+    features = [j for j in range(width) if j not in columns]
+    used = features + (columns if labels else [])  # the columns parsed, features first
+    values = np.empty((len(body), len(used)), np.float64)
     for i, (line, row) in enumerate(body):
         if len(row) != width:
             raise DataError(f"has {len(row)} cells, expected {width}", source=path, where=f"line {line}")
+        cells = [row[j] for j in used]
         try:
-            values[i] = [float(c) for c in row]
+            values[i] = [float(c) for c in cells]
         except ValueError:
-            bad = next(c for c in row if not is_float(c))
+            bad = next(c for c in cells if not is_float(c))
             raise DataError(f"cell {bad!r} is not a number", source=path, where=f"line {line}") from None
-    features = [j for j in range(width) if j not in columns]
     with np.errstate(over="ignore"):  # overflow to inf is reported below, by line
-        x = values[:, features].astype(np.float32)
-    _check_finite(values, x, features, body, path)
-    y = values[:, columns]
+        x = values[:, :len(features)].astype(np.float32)
+    _check_finite(values, x, used, body, path)
     lines = np.array([line for line, _ in body], np.int64)
+    if not labels:
+        return x, None, lines
+    y = values[:, len(features):]
     return x, (y[:, 0] if not isinstance(label, list) else y), lines
 
 
@@ -67,8 +71,9 @@ def decode_csv(raw, path):
                         where=f"line {line}") from None
 
 
-def _check_finite(values, x, features, body, path):
-    """Refuse nan and inf cells, and features beyond float32, naming the file's line."""
+def _check_finite(values, x, used, body, path):
+    """Refuse nan and inf cells, and features beyond float32, naming the file's line.
+    ``values`` holds the row's columns ``used``, the features (``x``) first."""
     bad_x = ~np.isfinite(x)
     bad = ~np.isfinite(values).all(axis=1) | bad_x.any(axis=1)
     if not bad.any():
@@ -76,10 +81,10 @@ def _check_finite(values, x, features, body, path):
     i = int(np.flatnonzero(bad)[0])
     line, row = body[i]
     if not np.isfinite(values[i]).all():
-        j = int(np.flatnonzero(~np.isfinite(values[i]))[0])
+        j = used[int(np.flatnonzero(~np.isfinite(values[i]))[0])]
         raise DataError(f"cell {row[j]!r} is not a finite number", source=path,
                         where=f"line {line}")
-    j = features[int(np.flatnonzero(bad_x[i])[0])]
+    j = used[int(np.flatnonzero(bad_x[i])[0])]
     raise DataError(f"cell {row[j]!r} is beyond the float32 range", source=path,
                     where=f"line {line}")
 
