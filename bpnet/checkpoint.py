@@ -18,14 +18,13 @@ data of a resume is checked in ``resume_checks``.
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CheckpointError, describe
-from .files import NotRegularFile, open_regular, replacing
+from .files import npz_archive, replacing
 
 FORMAT, VERSION = "bpnet-checkpoint", 1
 
@@ -41,37 +40,8 @@ def save(path, arrays, meta):
 def load(path):
     """(arrays without ``meta``, meta dict) from a checkpoint, or a CheckpointError."""
     path = Path(path)
-    try:
-        with open_regular(path, os.O_RDONLY, "rb") as f:
-            z = np.load(f, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError("not an .npz archive: it holds a single .npy array",
-                                      source=path)
-            with z:
-                arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise CheckpointError("file not found", source=path) from None
-    except IsADirectoryError:
-        raise CheckpointError("is a folder, expected a checkpoint .npz", source=path) from None
-    except NotRegularFile:
-        raise CheckpointError("is not a regular file (a FIFO or device), expected a checkpoint "
-                              ".npz", source=path) from None
-    except OSError as e:  # no permission, a loop of symbolic links
-        raise CheckpointError(f"cannot read: {e.strerror or e}", source=path) from None
-    except CheckpointError:
-        raise
-    except ValueError as e:  # numpy's refusals suggest allow_pickle, which bpnet never uses
-        if "Object arrays" in str(e):
-            raise CheckpointError("holds an object array, which bpnet never loads (it would "
-                                  "need pickle)", source=path) from None
-        if "pickled" in str(e):  # numpy's word for any file that is neither .npz nor .npy
-            raise CheckpointError("not an .npz archive: no zip archive inside",
-                                  source=path) from None
-        raise CheckpointError(f"unreadable or corrupt checkpoint (ValueError: {e})",
-                              source=path) from None
-    except Exception as e:  # zip, zlib and header failures all mean: not a checkpoint
-        raise CheckpointError(f"unreadable or corrupt checkpoint ({type(e).__name__}: {e})",
-                              source=path) from None
+    with npz_archive(path, CheckpointError) as z:
+        arrays = {k: z[k] for k in z.files}
     try:
         meta = json.loads(str(arrays.pop("meta")))
     except (KeyError, ValueError):

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
+import numpy as np
+
 from .errors import BpnetError
 
 TEMP_SUFFIX = ".tmp"
@@ -104,6 +106,56 @@ def open_regular(path, flags, mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
         raise NotRegularFile(errno.EINVAL, "is not a regular file", str(path))
     return os.fdopen(fd, mode)
+
+
+@contextmanager
+def npz_archive(path, error=BpnetError):
+    """An .npz file opened without pickle, as numpy's NpzFile. Whatever goes wrong opening it
+    or reading it in the block becomes ``error`` naming ``path``, never numpy's advice to
+    load with allow_pickle, which bpnet never does."""
+    try:
+        with open_regular(path, os.O_RDONLY, "rb") as f:
+            magic = f.read(6)
+            f.seek(0)
+            if magic == b"\x93NUMPY":
+                _refuse_npy(f, path, error)
+            if not magic.startswith(b"PK"):
+                raise error("not an .npz archive: no zip archive inside", source=path)
+            with np.load(f, allow_pickle=False) as z:
+                yield z
+    except FileNotFoundError:
+        raise error("file not found", source=path) from None
+    except IsADirectoryError:
+        raise error("is a folder, expected a file", source=path) from None
+    except NotRegularFile:
+        raise error("is not a regular file (a FIFO or a device?)", source=path) from None
+    except OSError as e:  # no permission, a loop of symbolic links
+        raise error(f"cannot read: {e.strerror or e}", source=path) from None
+    except BpnetError:
+        raise
+    except ValueError as e:
+        if "Object arrays" in str(e):
+            raise error("holds an object array, which bpnet never loads (it would need "
+                        "pickle)", source=path) from None
+        raise error(f"not a valid .npz file: {e}", source=path) from None
+    except Exception as e:  # zip, zlib and header failures alike: not a usable .npz
+        raise error(f"not a valid .npz file ({type(e).__name__}: {e})", source=path) from None
+
+
+def _refuse_npy(f, path, error):
+    """An .npy file where an .npz was expected: say which, an object array first."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        dtype = read(f)[2] if read else None
+    except ValueError:
+        dtype = None
+    if dtype is not None and dtype.hasobject:
+        raise error("holds an object array, which bpnet never loads (it would need pickle)",
+                    source=path)
+    raise error("not an .npz archive: it holds a single .npy array (numpy.savez writes an "
+                ".npz)", source=path)
 
 
 def refuse_special(path, error=BpnetError):

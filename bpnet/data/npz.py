@@ -7,7 +7,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..errors import DataError
-from ..files import refuse_special
+from ..files import npz_archive
 from .checks import check_examples
 
 
@@ -18,31 +18,15 @@ def read_npz(path, x_key, y_key=None):
     against each other: 2 MB of compressed zeros inflate to 2 GB, which must not be read to
     find that there are too few labels for them.
     """
-    try:
-        refuse_special(path, DataError)
-        z = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped, not read, if an .npy
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise DataError("not an .npz archive: it holds a single .npy array; save x and y "
-                            "with numpy.savez", source=path)
-        with z:
-            missing = [k for k in (x_key, y_key) if k is not None and k not in z.files]
-            if missing:
-                raise DataError(f"no array named {missing[0]!r}; the file has "
-                                f"{', '.join(z.files) or 'none'}", source=path)
-            x_head = _npy_head(z.zip, x_key, path)
-            y_head = None if y_key is None else _npy_head(z.zip, y_key, path)
-            check_examples(x_head, y_head, path)
-            return z[x_key], None if y_key is None else z[y_key]
-    except FileNotFoundError:
-        raise DataError("file not found", source=path) from None
-    except ValueError as e:
-        if "pickled" in str(e):  # numpy's word for any file that is neither .npz nor .npy
-            raise DataError("not a valid .npz file: no zip archive inside", source=path) from None
-        raise DataError(f"not a valid .npz file: {e}", source=path) from None
-    except DataError:
-        raise
-    except Exception as e:  # zip, zlib and header failures alike: the file is not a usable .npz
-        raise DataError(f"not a valid .npz file ({type(e).__name__}: {e})", source=path) from None
+    with npz_archive(path, DataError) as z:
+        missing = [k for k in (x_key, y_key) if k is not None and k not in z.files]
+        if missing:
+            raise DataError(f"no array named {missing[0]!r}; the file has "
+                            f"{', '.join(z.files) or 'none'}", source=path)
+        x_head = _npy_head(z.zip, x_key, path)
+        y_head = None if y_key is None else _npy_head(z.zip, y_key, path)
+        check_examples(x_head, y_head, path)
+        return z[x_key], None if y_key is None else z[y_key]
 
 
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
