@@ -12,7 +12,7 @@ from .errors import BpnetError, ConfigError
 from .resume_checks import recorded_input_width
 from .files import replacing
 from .run_data import SPLITS, dataset_for
-from .runs import claimed, is_run, remove_stale_temps, run_folder
+from .runs import claimed, is_run, remove_stale_temps, run_folder, save_config
 
 def set_threads(n):
     """Limit BLAS to ``n`` threads (0 leaves the default). bpnet's own kernels are serial."""
@@ -31,7 +31,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     ``threads`` (BLAS threads) overrides the config's ``threads``.
     """
     from .session import open_session
-    from .trainer import Trainer, save_config
+    from .trainer import Trainer
 
     if resume is not None:
         if out is not None:  # a resumed run is continued in its own folder, never copied

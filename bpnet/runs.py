@@ -5,6 +5,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from . import files
 from .errors import BpnetError, ConfigError
 
@@ -95,3 +97,10 @@ def remove_stale_temps(run_dir):
     """Temp files left by a kill in mid-write; only the names bpnet writes, never a user's."""
     files.remove_stale_temps(run_dir, RUN_FILES)
     files.remove_stale_temps(run_dir / "checkpoints", CHECKPOINT_FILES)
+
+
+def save_config(cfg, run_dir):
+    """config.yaml of the run: what it trained with, readable and reusable as a config."""
+    files.write_text(Path(run_dir) / "config.yaml",
+                     "# The resolved config of this run: defaults filled in, overrides applied.\n"
+                     + yaml.safe_dump(cfg, sort_keys=False))

@@ -7,25 +7,20 @@ any step boundary and resumed gives the same weights, bit for bit, as one that n
 
 import math
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import checkpoint as ckpt
 from . import resume_checks
 from .build import seeds
 from .errors import BpnetError, CheckpointError, ConfigError, DataError, DivergenceError
-from .files import write_text
 from .metrics import COLUMNS, format_row, write_metrics
+from .progress import EpochProgress
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
-
-
-PROGRESS_SECONDS = 10  # without a terminal, a plain progress line at most this often
 
 
 class Interrupted(BpnetError):
@@ -37,7 +32,7 @@ class Interrupted(BpnetError):
 class Trainer:
     """Trains ``session.net`` on ``session.splits`` into ``run_dir``.
 
-    ``progress``: "bar" (tqdm, for a terminal), "lines" (a plain line every 10 s) or None.
+    ``progress``: "bar", "lines" or None, as ``EpochProgress`` shows it.
     """
 
     def __init__(self, session, run_dir, log=print, progress=None):
@@ -94,7 +89,7 @@ class Trainer:
             self._run_epoch()
             stop = self._end_epoch()
             if self._signal is not None:  # it came during the evaluation or the save
-                self._interrupt(None)
+                self._interrupt()
             if stop:
                 break
 
@@ -102,8 +97,11 @@ class Trainer:
         """Batches from ``position`` to the end of the epoch; an update every ``iter_size``."""
         iter_size, last, first = self.s["iter_size"], self.batches_per_epoch - 1, self.position
         self._inputs = {}
-        started = said = time.perf_counter()
-        pending, bar = 0, self._bar()
+        started = time.perf_counter()
+        pending = 0
+        label = f"epoch {self.epoch + 1}/{self.s['epochs']}"
+        progress = EpochProgress(self.progress, self.log, label, first, self.batches_per_epoch,
+                                 self._running)
         for b in range(first, self.batches_per_epoch):
             pending += self._accumulate(b)
             if (b + 1 - first) % iter_size and b != last:
@@ -114,12 +112,12 @@ class Trainer:
             self.net.zero_grad()
             # position advances with every update: the schedule reads it (see _lr)
             pending, self.iteration, self.position = 0, self.iteration + 1, b + 1
-            said = self._show_progress(b, bar, said)
+            progress.batch_done(b)
             if self._signal is not None:
                 self.sums["seconds"] += time.perf_counter() - started
-                self._interrupt(bar)
-        if bar is not None:
-            bar.close()
+                progress.close()
+                self._interrupt()
+        progress.close()
         self.sums["seconds"] += time.perf_counter() - started
 
     def _accumulate(self, b):
@@ -229,25 +227,6 @@ class Trainer:
                     f"--set solver.epochs=N")
         return None
 
-    def _bar(self):
-        if self.progress != "bar":
-            return None
-        from tqdm import tqdm
-        return tqdm(total=self.batches_per_epoch, initial=self.position, leave=False,
-                    desc=f"epoch {self.epoch + 1}/{self.s['epochs']}", unit="batch", file=sys.stderr)
-
-    def _show_progress(self, b, bar, said):
-        """Move the bar, or print a plain line when PROGRESS_SECONDS have passed since ``said``."""
-        if bar is not None:
-            bar.update(b + 1 - bar.n)
-            if b % 20 == 0:
-                bar.set_postfix_str(self._running())
-        elif self.progress == "lines" and time.perf_counter() - said >= PROGRESS_SECONDS:
-            self.log(f"epoch {self.epoch + 1}/{self.s['epochs']}: batch {b + 1}/"
-                     f"{self.batches_per_epoch}, {self._running()}")
-            return time.perf_counter()
-        return said
-
     def _running(self):
         s = self.sums
         text = f"loss {s['loss'] / max(s['samples'], 1):.4f}"
@@ -259,9 +238,7 @@ class Trainer:
         self._signal = signum
         signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
 
-    def _interrupt(self, bar):
-        if bar is not None:
-            bar.close()
+    def _interrupt(self):
         self._check_finite()
         path = self._save(ckpt.checkpoint_name(self.iteration))
         name = "SIGINT" if self._signal == signal.SIGINT else "SIGTERM"
@@ -374,8 +351,3 @@ class Trainer:
         if meta["best_val"] is not None and (self.best_val is None
                                              or meta["best_val"] < self.best_val):
             self.best_val = meta["best_val"]
-
-def save_config(cfg, run_dir):
-    write_text(Path(run_dir) / "config.yaml",
-                      "# The resolved config of this run: defaults filled in, overrides applied.\n"
-                      + yaml.safe_dump(cfg, sort_keys=False))
