@@ -34,11 +34,18 @@ def parse(mapping, spec, where, source):
     out = {}
     for key, option in spec.items():
         path = join(where, key)
-        if key not in mapping or mapping[key] is None:
+        if key not in mapping:
             if option.default is REQUIRED:
                 raise ConfigError("missing; " + _expected(option), source=source, where=path)
             out[key] = option.default
             continue
+        if mapping[key] is None and option.default is None:  # written out as it would be left
+            out[key] = None
+            continue
+        if mapping[key] is None:  # `lr:` with the value forgotten, or --set lr=$UNSET
+            default = "" if option.default is REQUIRED else f" (leave the key out for {option.default!r})"
+            raise ConfigError(f"found an empty value, {_expected(option)}{default}",
+                              source=source, where=path)
         try:
             out[key] = option.check(mapping[key])
         except ValueError as e:
