@@ -76,8 +76,10 @@ SOLVER = {
                   doc="at least float32's smallest normal number: Adam divides by it"),
     "lr_policy": Option(spec.choice(*LR_POLICIES), "fixed"),
     "gamma": Option(spec.positive, 0.1),
-    "stepsize": Option(spec.positive, 1.0, doc="epochs between steps (step policy)"),
-    "stepvalues": Option(spec.list_of(spec.positive, 1), [1.0]),
+    # no defaults: a schedule the user did not write would change the rate unseen
+    "stepsize": Option(spec.positive, None, doc="epochs between steps (step policy)"),
+    "stepvalues": Option(spec.list_of(spec.positive, 1), None,
+                         doc="epochs at which the rate steps (multistep policy)"),
     "power": Option(spec.positive, 1.0),
     "newbob": Option(spec.anything, {}),
     "on_nonfinite": Option(spec.choice("stop", "skip"), "stop"),
@@ -234,8 +236,25 @@ def resolve(raw, source=None, base=Path(".")):
                           f"{', '.join(LOSSES)}", source=source, where="net.loss")
     solver = cfg["solver"] = spec.parse(cfg["solver"], SOLVER, "solver", source)
     solver["newbob"] = spec.parse(solver["newbob"], NEWBOB, "solver.newbob", source)
+    _check_solver_combination(solver, source)
     cfg["checkpoint"] = spec.parse(cfg["checkpoint"], CHECKPOINT, "checkpoint", source)
     return cfg
+
+
+def _check_solver_combination(solver, source):
+    """Keys that only one solver type or policy reads, where leaving them out or setting them
+    for another would train with a rate the user never asked for."""
+    needs = {"step": ("stepsize", "the number of epochs between steps, e.g. 10"),
+             "multistep": ("stepvalues", "the epochs at which the rate steps, e.g. [10, 20]")}
+    if solver["lr_policy"] in needs:
+        key, expected = needs[solver["lr_policy"]]
+        if solver[key] is None:
+            raise ConfigError(f"missing; the {solver['lr_policy']} policy needs {expected}",
+                              source=source, where=f"solver.{key}")
+    if solver["type"] == "adam" and solver["momentum"]:
+        raise ConfigError(f"found {solver['momentum']:g}, but adam has no momentum: its first "
+                          f"moment decays by solver.beta1 (Caffe's Adam reads momentum as beta1)",
+                          source=source, where="solver.momentum")
 
 
 def _data(data, source, base):

@@ -114,6 +114,41 @@ def test_missing_required_key(config_file):
     assert "net.layers[0].out: missing" in message
 
 
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["solver"].update(lr=None),
+     "solver.lr: found an empty value, expected a finite number > 0 (leave the key out for 0.01)"),
+    (lambda c: c["net"]["layers"][0].update(out=None),
+     "net.layers[0].out: found an empty value, expected an integer >= 1"),
+])
+def test_an_empty_value_is_refused_not_taken_for_the_default(config_file, change, message):
+    assert message in error_of(config_file(change))
+
+
+def test_an_empty_override_is_refused(config_file):
+    assert "solver.epochs: found an empty value" in error_of(config_file(), ["solver.epochs="])
+
+
+def test_an_empty_value_where_the_default_is_empty_is_that_default(config_file):
+    cfg = load_config(config_file(lambda c: c["data"].update(test=None)))
+    assert cfg["data"]["test"] is None
+    cfg = load_config(config_file(lambda c: c["net"]["layers"][0].update(bias_lr_mult=None)))
+    assert cfg["net"]["layers"][0]["bias_lr_mult"] is None
+
+
+@pytest.mark.parametrize("policy,key", [("step", "stepsize"), ("multistep", "stepvalues")])
+def test_a_stepping_policy_needs_its_steps(config_file, policy, key):
+    message = error_of(config_file(lambda c: c["solver"].update(lr_policy=policy)))
+    assert f"solver.{key}: missing; the {policy} policy needs" in message
+
+
+def test_momentum_with_adam_is_refused_naming_beta1(config_file):
+    message = error_of(config_file(lambda c: c["solver"].update(type="adam", momentum=0.95)))
+    assert "solver.momentum: found 0.95, but adam has no momentum" in message
+    assert "solver.beta1" in message
+    cfg = load_config(config_file(lambda c: c["solver"].update(type="adam", momentum=0)))
+    assert cfg["solver"]["beta1"] == 0.9
+
+
 @pytest.mark.parametrize("change,where", [
     (lambda c: c.update(solverr={}), "solverr"),
     (lambda c: c["solver"].update(learning_rate=1), "solver.learning_rate"),

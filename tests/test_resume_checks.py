@@ -227,7 +227,7 @@ def test_a_run_may_switch_to_newbob_at_resume(run):
 
 def test_negative_adam_second_moments_are_refused(tmp_path):
     run, _ = api.train(write_tiny(tmp_path), out=tmp_path / "run", quiet=True,
-                       overrides=["solver.type=adam", "solver.lr=0.01"])
+                       overrides=["solver.type=adam", "solver.momentum=0", "solver.lr=0.01"])
     tamper(run, _array("solver/fc1.W/v", np.full((16, 10), -1.0, np.float32)))
     with pytest.raises(CheckpointError, match="'fc1.W/v' holds negative values"):
         resume(run)
@@ -314,7 +314,7 @@ def test_load_state_dict_refuses_text_parameters(run):
 
 def test_changed_solver_type_is_refused_naming_solver_type(run):
     with pytest.raises(ConfigError, match="'adam'.*'sgd'") as info:
-        resume(run, "solver.type=adam")
+        resume(run, "solver.type=adam", "solver.momentum=0")
     assert info.value.where == "solver.type"
 
 
@@ -324,11 +324,12 @@ def test_solver_state_of_another_type_is_refused_without_the_meta_entry(run, tmp
     if new == "sgd":  # an adam run resumed as sgd must not read adam's m or v as momentum
         folder = tmp_path / "adam"
         folder.mkdir()
-        api.train(write_tiny(folder), out=folder / "run", overrides=["solver.type=adam"], quiet=True)
+        api.train(write_tiny(folder), out=folder / "run", overrides=["solver.type=adam", "solver.momentum=0"],
+                  quiet=True)
         run = folder / "run"
     tamper(run, lambda a, m: m.pop("solver"))
     with pytest.raises(CheckpointError, match=f"config asks for {new} \\(solver.type\\)"):
-        resume(run, f"solver.type={new}")
+        resume(run, f"solver.type={new}", "solver.momentum=0")
 
 
 def test_sgd_and_nesterov_may_replace_each_other_they_keep_the_same_momentum(run):
@@ -337,7 +338,8 @@ def test_sgd_and_nesterov_may_replace_each_other_they_keep_the_same_momentum(run
 
 
 def test_changed_solver_type_on_the_command_line_is_one_line(run):
-    assert_clean_error(bpnet("train", "--resume", run, "--set", "solver.type=adam"),
+    assert_clean_error(bpnet("train", "--resume", run, "--set", "solver.type=adam",
+                             "--set", "solver.momentum=0"),
                        "solver.type", "'adam'", "'sgd'")
 
 
@@ -647,8 +649,8 @@ def test_learning_rate_overflow_is_infinite(policy, t):
 
 def test_overflowing_schedule_stops_with_a_clear_error_keeping_checkpoints(tmp_path):
     # rates 1e-300, 1e-100, then 1e-300 * 1e400: harmless until the third epoch overflows
-    overrides = ["solver.lr=1e-300", "solver.lr_policy=step", "solver.gamma=1e200",
-                 "solver.epochs=3"]
+    overrides = ["solver.lr=1e-300", "solver.lr_policy=step", "solver.stepsize=1",
+                 "solver.gamma=1e200", "solver.epochs=3"]
     proc = bpnet("train", write_tiny(tmp_path), "--out", tmp_path / "run", "--quiet",
                  *itertools.chain.from_iterable(("--set", o) for o in overrides))
     assert_clean_error(proc, "solver.lr_policy", "overflows in epoch 3", "gamma 1e+200")
@@ -670,7 +672,8 @@ def test_checkpoints_are_ordered_by_number_past_the_zero_padding(tmp_path):
 # ----- stop and resume equals one run, for every solver and schedule -------------------------
 
 @pytest.mark.parametrize("overrides", [
-    ["solver.type=adam", "solver.lr=0.01", "solver.lr_policy=exp", "solver.gamma=0.7"],
+    ["solver.type=adam", "solver.momentum=0", "solver.lr=0.01", "solver.lr_policy=exp",
+     "solver.gamma=0.7"],
     ["solver.type=nesterov", "solver.iter_size=3", "solver.clip_norm=0.5",
      "solver.weight_decay=0.01", "solver.lr_policy=inv", "solver.gamma=0.5", "solver.power=0.75"],
     # rejects epochs 1 and 4 and stops after 4: a rollback on each side of the stop
