@@ -52,7 +52,7 @@ class Trainer:
         self.resumed_at = None  # (epoch fraction, batch) of a resume in mid-epoch, see _clock
         self.order, self.rows, self.best_val, self.best = None, [], None, None
         self._reset_sums()
-        self._signal = None
+        self._signal, self._saving = None, False
 
     # ----- the loop ---------------------------------------------------------------------------
 
@@ -235,8 +235,16 @@ class Trainer:
         return text
 
     def _on_signal(self, signum, frame):
-        self._signal = signum
-        signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C stops at once
+        """The first signal asks for a stop at the next step boundary, with a checkpoint; a
+        second stops at once, but never while a checkpoint is written: that one completes."""
+        if self._signal is None:
+            self._signal = signum
+        elif not self._saving:
+            name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+            error = Interrupted(f"a second {name}: stopped at once, without a checkpoint of this "
+                                f"step; --resume continues from the last one written")
+            error.exit_code = 128 + signum
+            raise error
 
     def _interrupt(self):
         self._check_finite()
@@ -273,6 +281,13 @@ class Trainer:
         self.solver.load_state_arrays(ckpt.with_prefix(arrays, "solver"), source)
 
     def _save(self, name):
+        self._saving = True
+        try:
+            return self._write_checkpoint(name)
+        finally:
+            self._saving = False
+
+    def _write_checkpoint(self, name):
         arrays = self._snapshot()
         if self.best is not None and self.newbob:
             arrays.update(ckpt.prefixed(self.best, "best/param"))

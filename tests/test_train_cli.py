@@ -196,6 +196,52 @@ def test_a_signal_during_the_end_of_an_epoch_stops_after_it(mnist_config, tmp_pa
     assert final_state(run)[1]["epoch"] == epoch
 
 
+def test_a_second_signal_while_the_checkpoint_is_written_lets_it_complete(mnist_config, tmp_path,
+                                                                         monkeypatch):
+    """Ctrl-C twice in quick succession: the second came while the stop's checkpoint was being
+    written, and used to kill the process with the file half written and no message."""
+    real_save = train_module.ckpt.save
+
+    def save_with_a_second_signal(path, *args, **kwargs):
+        if path.name == "ckpt-00000021.npz":  # the stop's checkpoint
+            os.kill(os.getpid(), signal.SIGINT)  # handled at once, in the middle of the save
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.ckpt, "save", save_with_a_second_signal)
+    stop_at(monkeypatch, 21)
+    run = tmp_path / "run"
+    result = bpnet("train", mnist_config(), "--out", run, "--quiet", "--set", "solver.epochs=3",
+                   ok=False)
+    error = result.exception
+    assert isinstance(error, train_module.Interrupted) and error.exit_code == 130, error
+    assert "SIGINT at epoch 2, iteration 21; checkpoint" in str(error)
+    assert final_state(run)[1]["iteration"] == 21
+    assert not list((run / "checkpoints").glob(".*"))  # no temporary file left behind
+
+
+def test_a_second_signal_in_mid_epoch_stops_at_once_keeping_the_checkpoints(mnist_config,
+                                                                           tmp_path, monkeypatch):
+    steps = []
+
+    class TwiceAt(train_module.Solver):
+        def step(self, lr, batches=1):
+            super().step(lr, batches)
+            steps.append(1)
+            if len(steps) == 21:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "Solver", TwiceAt)
+    run = tmp_path / "run"
+    result = bpnet("train", mnist_config(), "--out", run, "--quiet", "--set", "solver.epochs=3",
+                   ok=False)
+    error = result.exception
+    assert isinstance(error, train_module.Interrupted) and error.exit_code == 130, error
+    assert "a second SIGINT: stopped at once" in str(error)
+    assert final_state(run)[1]["iteration"] == 16  # epoch 1's checkpoint, whole
+    bpnet("train", "--resume", run, "--quiet")
+
+
 def test_resume_after_an_interrupt_in_mid_epoch_equals_one_run(mnist_config, tmp_path,
                                                                monkeypatch):
     config = mnist_config()
