@@ -1,7 +1,6 @@
 """The data eval and predict are given: a split of the run, or a file read the way the run's
 training data was (array names; label columns, header and delimiter)."""
 
-import csv
 from pathlib import Path
 
 from .config import load_config
@@ -29,6 +28,9 @@ def dataset_for(session, data, labels=True):
         spec = (other["data"] or {}).get("test") or (other["data"] or {}).get("train")
         if spec is None:
             raise ConfigError("has no data.test or data.train to evaluate on", source=path)
+        if spec["format"] == "csv" and train.get("format") == "csv":
+            from .data.csv_file import check_same_features
+            check_same_features(spec, train)
     elif path.suffix == ".npz":
         spec = _npz_spec(path, train)
     elif path.suffix == ".csv":
@@ -60,11 +62,12 @@ def _csv_spec(path, train, net, labels):
     predict takes no column as a label: it cannot check a guess, so the width must be n_in.
     """
     from .config import dataset_spec
+    from .data.csv_file import check_same_features, header_of
 
     same = train.get("format") == "csv"
     header = train["header"] if same else "auto"
     delimiter = train["delimiter"] if same else ","
-    width, names = _csv_columns(path, header, delimiter)
+    width, names, _ = header_of(path, header, delimiter)
     n_in = net.n_in
     if same:
         label = train["label"]
@@ -78,7 +81,6 @@ def _csv_spec(path, train, net, labels):
                                 f"{', '.join(map(repr, wanted))} as in the training data",
                                 source=path)
             label = None
-        _check_feature_names(path, names, train, header, delimiter, wanted if present else [])
     else:
         k = 1 if net.loss.target_kind == "class" else net.n_out
         if labels:
@@ -97,42 +99,6 @@ def _csv_spec(path, train, net, labels):
                          "delimiter": delimiter}, "--data", path, ".")
     if label is None:
         spec["label"] = []  # read_csv then takes every column as a feature (a config never may)
+    if same:
+        check_same_features(spec, train)
     return spec
-
-
-def _check_feature_names(path, names, train, header, delimiter, labels):
-    """Refuse a CSV whose header names other feature columns, or the same in another order,
-    than the training CSV's (when both have headers and that file is still there): the
-    network would take x2 for x1 without a word."""
-    trained = _csv_columns(Path(train["path"]), header, delimiter)[1]
-    if not names or not trained:
-        return
-
-    def features(columns, wanted):
-        drop = {c if isinstance(c, str) else columns[c] for c in wanted
-                if isinstance(c, str) or -len(columns) <= c < len(columns)}
-        return [c for c in columns if c not in drop]
-
-    now, then = features(names, labels), features(trained, train["label"] if isinstance(
-        train["label"], list) else [train["label"]])
-    if now != then:
-        raise DataError(f"feature columns {', '.join(now)} differ from the training data's "
-                        f"{', '.join(then)} (names and order must match)", source=path,
-                        where="line 1")
-
-
-def _csv_columns(path, header, delimiter):
-    """(cells per row, header names or []) from a CSV's first row; (None, []) when it cannot be
-    read, which read_csv then reports in full."""
-    from .data import CSV_ENCODING, is_float
-
-    try:
-        with open(path, newline="", encoding=CSV_ENCODING) as f:
-            for cells in csv.reader(f, delimiter=delimiter):
-                if any(c.strip() for c in cells):
-                    if header == "auto":
-                        header = not all(is_float(c) for c in cells)
-                    return len(cells), [c.strip() for c in cells] if header else []
-    except (OSError, UnicodeDecodeError, csv.Error, TypeError):
-        pass
-    return None, []

@@ -11,6 +11,7 @@ import numpy as np
 from . import kernels
 from .build import build_net
 from .data import Dataset, read_dataset
+from .data.csv_file import check_same_features
 from .errors import ConfigError, DataError
 
 
@@ -40,6 +41,10 @@ def open_session(cfg, source=None, dtype=np.float32, splits=("train", "val", "te
     need_train = n_in is None or "train" in splits or ("val" in splits and data["val_split"])
     wanted = [name for name in ("train", "val", "test") if data[name] is not None
               and (name in splits or (name == "train" and need_train))]
+    train = data["train"]
+    for name in wanted:
+        if name != "train" and data[name]["format"] == train["format"] == "csv":
+            check_same_features(data[name], train)  # before the reading: it takes a while
     raw = dict(zip(wanted, _read_while_numba_imports([data[name] for name in wanted], labels)))
     net = build_net(cfg, raw["train"][0].shape[1] if n_in is None else n_in, dtype=dtype,
                     source=source)

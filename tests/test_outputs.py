@@ -210,18 +210,23 @@ def tiny_problem(n=120, seed=0):
     return x, y
 
 
-def train_tiny(folder, train_spec, name="tiny", activation="tanh"):
+def train_tiny(folder, train_spec, name="tiny", activation="tanh", test_spec=None):
     """Train a 4-8-3 classifier for one epoch on ``train_spec``; returns the run folder."""
+    run = Path(folder) / f"{name}_run"
+    bpnet("train", tiny_config(folder, train_spec, name, activation, test_spec), "--out", run,
+          "--quiet")
+    return run
+
+
+def tiny_config(folder, train_spec, name="tiny", activation="tanh", test_spec=None):
     cfg = {"name": name, "seed": 1, "threads": 1,
-           "data": {"train": train_spec},
+           "data": {"train": train_spec, "test": test_spec},
            "net": {"layers": [{"name": "fc1", "type": "affine", "out": 8},
                               {"name": "act1", "type": activation},
                               {"name": "fc2", "type": "affine", "out": 3}],
                    "loss": "softmax_cross_entropy"},
            "solver": {"type": "sgd", "lr": 0.1, "batch_size": 16, "epochs": 1}}
-    run = Path(folder) / f"{name}_run"
-    bpnet("train", write_yaml(Path(folder) / f"{name}.yaml", cfg), "--out", run, "--quiet")
-    return run
+    return write_yaml(Path(folder) / f"{name}.yaml", cfg)
 
 
 def write_csv(path, x, y=None, delimiter=",", header=None):
@@ -321,6 +326,67 @@ def test_a_csv_whose_header_names_other_features_is_refused(csv_run, tmp_path, c
     if command == "predict":
         line = bpnet_fails(capsys, command, csv_run, renamed, "--out", tmp_path / "p.csv")
         assert "feature columns a, b, c, e differ" in line
+
+
+CSV_HEADER = ["cls", "a", "b", "c", "d"]
+
+
+def csv_split_config(folder, test_header=CSV_HEADER):
+    """A config training on train.csv with test.csv as its test split."""
+    x, y = tiny_problem()
+    write_csv(folder / "train.csv", y[:, None], x, ";", CSV_HEADER)
+    write_csv(folder / "test.csv", y[:40, None], x[:40], ";", test_header)
+    spec = {"format": "csv", "label": "cls", "delimiter": ";"}
+    return tiny_config(folder, {**spec, "path": "train.csv"}, test_spec={**spec, "path": "test.csv"})
+
+
+def csv_split_run(folder):
+    """A model trained with csv_split_config; returns (run, test path)."""
+    run = folder / "run"
+    bpnet("train", csv_split_config(folder), "--out", run, "--quiet")
+    return run, folder / "test.csv"
+
+
+def test_training_refuses_a_test_csv_whose_header_names_other_features(tmp_path, capsys):
+    """Trained on a, b, c, d and tested on b, a, c, d: the test accuracy was quietly wrong."""
+    config = csv_split_config(tmp_path, ["cls", "b", "a", "c", "d"])
+    line = bpnet_fails(capsys, "train", config, "--out", tmp_path / "run")
+    assert "test.csv: line 1: feature columns b, a, c, d differ from the training data's " \
+           f"a, b, c, d in {tmp_path / 'train.csv'}" in line
+
+
+def test_a_split_whose_csv_changed_its_columns_is_refused_by_eval_and_predict(tmp_path, capsys):
+    run, test = csv_split_run(tmp_path)
+    x, y = tiny_problem(40, seed=3)
+    write_csv(test, y[:, None], x, ";", ["cls", "b", "a", "c", "d"])
+    assert "test.csv: line 1: feature columns b, a" in bpnet_fails(capsys, "eval", run)
+    assert "test.csv: line 1: feature columns b, a" in bpnet_fails(
+        capsys, "predict", run, "test", "--out", tmp_path / "p.csv")
+
+
+def test_a_config_given_as_data_whose_csv_names_other_features_is_refused(tmp_path, capsys):
+    run, _ = csv_split_run(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    config = csv_split_config(other, ["cls", "b", "a", "c", "d"])
+    assert "other/test.csv: line 1: feature columns b, a" in bpnet_fails(
+        capsys, "eval", run, "--data", config)
+
+
+def test_predict_on_a_split_whose_csv_lost_its_label_column(tmp_path, capsys):
+    run, test = csv_split_run(tmp_path)
+    x, _ = tiny_problem(40, seed=3)
+    write_csv(test, x, None, ";", ["a", "b", "c", "d"])
+    bpnet("predict", run, "test", "--out", tmp_path / "split.csv")
+    bpnet("predict", run, test, "--out", tmp_path / "file.csv")
+    assert (tmp_path / "split.csv").read_text() == (tmp_path / "file.csv").read_text()
+    assert "no column named 'cls'" in bpnet_fails(capsys, "eval", run)
+
+
+def test_the_header_of_a_fifo_is_not_waited_for(tmp_path):
+    from bpnet.data.csv_file import header_of
+    os.mkfifo(tmp_path / "train.csv")
+    assert header_of(tmp_path / "train.csv") == (None, [], None)
 
 
 def test_predict_parses_no_label_cell_of_a_csv(csv_run, tmp_path, capsys):

@@ -37,6 +37,8 @@ def read_csv(path, label, header="auto", delimiter=",", labels=True):
     body = rows[1:] if header else rows
     width = len(rows[0][1])
     wanted = label if isinstance(label, list) else [label]
+    if not labels:  # predict: a named label column may be gone, it would not be read anyway
+        wanted = [c for c in wanted if not isinstance(c, str) or c in names]
     columns = [_column(c, names, width, path, rows[0][0]) for c in wanted]
     features = [j for j in range(width) if j not in columns]
     used = features + (columns if labels else [])  # the columns parsed, features first
@@ -58,6 +60,45 @@ def read_csv(path, label, header="auto", delimiter=",", labels=True):
         return x, None, lines
     y = values[:, len(features):]
     return x, (y[:, 0] if not isinstance(label, list) else y), lines
+
+
+def header_of(path, header="auto", delimiter=","):
+    """(cells per row, header names or [], its line) from a CSV's first row that is not
+    blank; (None, [], None) when it cannot be read, which read_csv then reports in full."""
+    try:
+        refuse_special(path, DataError)  # a FIFO would block the open for ever
+        with open(path, newline="", encoding=CSV_ENCODING) as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            for cells in reader:
+                if any(c.strip() for c in cells):
+                    if header == "auto":
+                        header = not all(is_float(c) for c in cells)
+                    names = [c.strip() for c in cells] if header else []
+                    return len(cells), names, reader.line_num
+    except (DataError, OSError, UnicodeDecodeError, csv.Error, TypeError):
+        pass
+    return None, [], None
+
+
+def check_same_features(spec, train):
+    """Refuse the CSV of dataset ``spec`` when its header names other feature columns, or the
+    same in another order, than the training CSV's (``train``, a spec too): the network would
+    take x2 for x1 without a word. Nothing to compare without both headers."""
+    _, names, line = header_of(spec["path"], spec["header"], spec["delimiter"])
+    trained = header_of(train["path"], train["header"], train["delimiter"])[1]
+    now, then = _features(names, spec["label"]), _features(trained, train["label"])
+    if names and trained and now != then:
+        raise DataError(f"feature columns {', '.join(now)} differ from the training data's "
+                        f"{', '.join(then)} in {train['path']} (names and order must match)",
+                        source=spec["path"], where=f"line {line}")
+
+
+def _features(names, label):
+    """The header's names but the label columns' (by name or index)."""
+    wanted = label if isinstance(label, list) else [label]
+    drop = {c if isinstance(c, str) else names[c] for c in wanted
+            if isinstance(c, str) or -len(names) <= c < len(names)}
+    return [c for c in names if c not in drop]
 
 
 def decode_csv(raw, path):
