@@ -1,6 +1,7 @@
 """The functions behind the CLI commands, usable from Python with the same arguments."""
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from .config import MAX_THREADS, load_config
 from .errors import BpnetError, ConfigError
 from .resume_checks import recorded_input_width
 from .files import replacing
-from .run_data import SPLITS, dataset_for
-from .runs import claimed, is_run, remove_stale_temps, run_folder, save_config
+from .run_data import SPLITS, dataset_for, input_files
+from .runs import claimed, is_run, refuse_run_file, remove_stale_temps, run_folder, save_config
 
 def set_threads(n):
     """Limit BLAS to ``n`` threads (0 leaves the default). bpnet's own kernels are serial."""
@@ -154,10 +155,15 @@ def predict_file(path, data, out, warn=None):
     out = Path(out)
     if out.suffix not in (".npy", ".csv"):  # before the work, not after it
         raise BpnetError("expected a .npy or .csv output file", source=out)
+    refuse_run_file(out)
     session, found = load_trained(path, splits=(data,) if data in SPLITS else (), labels=False)
     dataset = dataset_for(session, data, labels=False)
     if dataset is None:
         raise BpnetError(f"the run's config has no {data} data", source=found)
+    for read in input_files(session, data):
+        if _same_file(out, read):
+            raise BpnetError(f"is the data the predictions are made from ({data}); write them "
+                             f"to another file", source=out)
     net = session.net
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is counted and reported below
         probs = np.concatenate([net.predict(x) for _, x in dataset.chunks(net.dtype)]
@@ -179,6 +185,13 @@ def predict_file(path, data, out, warn=None):
         else:
             np.savetxt(f, table, delimiter=",", header=header, comments="", fmt="%.6g")
     return table
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them is not there (yet)
+        return False
 
 
 def _nonfinite_rows(a):

@@ -47,6 +47,15 @@ def dataset_for(session, data, labels=True):
     return Dataset(x, y, d["mean"], d["scale"], source)
 
 
+def input_files(session, data):
+    """The files ``--data`` is read from: those of the run's split, or the file given."""
+    if data not in SPLITS:
+        return [Path(data)]
+    splits = session.cfg["data"] or {}
+    spec = splits.get(data) or (splits.get("train") if data == "val" else None) or {}
+    return [Path(spec[k]) for k in ("path", "images", "labels") if spec.get(k)]
+
+
 def _npz_spec(path, train):
     from .config import dataset_spec
 

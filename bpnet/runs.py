@@ -1,6 +1,7 @@
 """Run folders: where a run goes (runs/NAME), the lock that keeps one process to a run, and
 what a new or resumed folder may hold."""
 
+import fnmatch
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +66,21 @@ def claimed(run_dir, new):
                 path.unlink(missing_ok=True)
             raise
         yield
+
+
+def refuse_run_file(path, error=BpnetError):
+    """Refuse an output ``path`` that is one of the files bpnet keeps in a run folder
+    (metrics.csv, config.yaml, checkpoints): a prediction written there replaces the run's."""
+    path = Path(path)
+    try:
+        folder = path.resolve().parent
+    except (OSError, RuntimeError):  # a loop of links: the write reports it
+        return
+    run = folder.parent if folder.name == "checkpoints" else folder
+    names = CHECKPOINT_FILES if folder.name == "checkpoints" else RUN_FILES
+    if is_run(run) and any(fnmatch.fnmatchcase(path.name, n) for n in names):
+        raise error(f"is the run's own {path.name} (run {run}); write the output elsewhere",
+                    source=path)
 
 
 def is_run(folder):

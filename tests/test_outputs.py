@@ -383,6 +383,20 @@ def test_predict_on_a_split_whose_csv_lost_its_label_column(tmp_path, capsys):
     assert "no column named 'cls'" in bpnet_fails(capsys, "eval", run)
 
 
+def test_predict_never_writes_over_its_data_or_the_run(tmp_path, capsys):
+    """--out in.csv replaced the data being read, --out RUN/metrics.csv the run's history."""
+    run, test = csv_split_run(tmp_path)
+    kept = {p: p.read_bytes() for p in (test, run / "metrics.csv")}
+    assert "is the data the predictions are made from (test)" in bpnet_fails(
+        capsys, "predict", run, "test", "--out", test)
+    assert "is the data the predictions are made from" in bpnet_fails(
+        capsys, "predict", run, test, "--out", test)
+    assert "is the run's own metrics.csv" in bpnet_fails(
+        capsys, "predict", run, "test", "--out", run / "metrics.csv")
+    assert {p: p.read_bytes() for p in kept} == kept
+    bpnet("predict", run, "test", "--out", run / "predictions.csv")  # beside them is fine
+
+
 def test_the_header_of_a_fifo_is_not_waited_for(tmp_path):
     from bpnet.data.csv_file import header_of
     os.mkfifo(tmp_path / "train.csv")
