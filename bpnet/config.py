@@ -21,6 +21,16 @@ FLOAT32_MAX = 3.4028234663852886e38
 # batches are float32: a scale or mean beyond its range turns into inf there (and 0 * inf = NaN)
 _TRANSFORM_VALUE = spec.real(-FLOAT32_MAX, FLOAT32_MAX,
                              expected="a finite number within float32's range (magnitude <= 3.4e38)")
+
+
+def _scale(v):
+    v = _TRANSFORM_VALUE(v)
+    if abs(v) < FLOAT32_TINY:  # float32 batches would hold zeros (float64 checks would not)
+        raise ValueError("a number of magnitude 1.2e-38 to 3.4e38 (float32's normal range): "
+                         "a smaller scale makes every input 0")
+    return v
+
+
 SOLVERS = ("sgd", "nesterov", "adam")
 LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "newbob")
 
@@ -46,7 +56,7 @@ DATA = {
     "test": Option(spec.anything, None),
     "val": Option(spec.anything, None),
     "val_split": Option(spec.integer(low=0), 0, doc="hold out the last N training examples"),
-    "scale": Option(_TRANSFORM_VALUE, 1.0, doc="inputs become (raw - mean) * scale"),
+    "scale": Option(_scale, 1.0, doc="inputs become (raw - mean) * scale"),
     "mean": Option(spec.either(_TRANSFORM_VALUE, spec.list_of(_TRANSFORM_VALUE, 1)), 0.0),
 }
 NET = {

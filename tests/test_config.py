@@ -279,6 +279,14 @@ def test_transform_values_beyond_float32_are_config_errors(config_file, expr, wh
     assert message.startswith(f"{config_file()}: {where}: found ") and "3.4" in message
 
 
+@pytest.mark.parametrize("scale", ["1e-50", "0", "-1e-40"])
+def test_a_scale_float32_cannot_hold_is_a_config_error(config_file, scale):
+    """1e-50 is 0 in float32: training saw all-zero inputs, the float64 gradient check did not."""
+    message = error_of(config_file(), [f"data.scale={scale}"])
+    assert "data.scale: found" in message and "makes every input 0" in message
+    assert load_config(config_file(), ["data.scale=1.2e-38"])["data"]["scale"] == 1.2e-38
+
+
 def test_threads_are_bounded_in_the_config_and_on_the_command_line(config_file):
     from click.testing import CliRunner
 
