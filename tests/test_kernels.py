@@ -189,13 +189,15 @@ def test_float32_kernels_compute_in_float32(name):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
 def test_relu_of_a_negative_is_positive_zero(dtype):
-    """As in its twin (np.maximum); NaN stays NaN for the divergence checks."""
-    x = np.array([[-3.0, -1e-30, -np.inf, np.nan, 0.0, 2.0]], dtype)
+    """As in its twin (np.maximum), -0.0 included; NaN stays NaN for the divergence checks."""
+    x = np.array([[-3.0, -1e-30, -0.0, -np.inf, np.nan, 0.0, 2.0]], dtype)
     want = _unwritten(x)
     reference.act_forward(x, want, RELU, dtype(0))
     alone, fused = _unwritten(x), x.copy()
     jit.act_forward(x, alone, RELU, dtype(0))
-    jit.bias_act_forward(fused, np.zeros(x.shape[1], dtype), RELU, dtype(0))
+    # A bias of -0.0 leaves every x as it is; one of +0.0 would make -0.0 + 0.0 = +0.0 before
+    # the ReLU saw it.
+    jit.bias_act_forward(fused, np.full(x.shape[1], -0.0, dtype), RELU, dtype(0))
     for got in (alone, fused):
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(np.signbit(got), np.signbit(want))

@@ -34,7 +34,9 @@ def kernel(function=None, **options):
 def _activate(v, kind, alpha, one):
     """f(v) for the activation ``kind``; ``one`` is 1 in the arrays' dtype."""
     if kind == RELU:
-        return max(v, type(v)(0))  # as np.maximum: +0.0 for v < 0 (v * 0 is -0.0), NaN stays NaN
+        # as np.maximum: +0.0 for v <= 0, -0.0 included (max(v, 0) returns -0.0 for it, and
+        # v * 0 is -0.0 for any v < 0); NaN fails the comparison and stays NaN
+        return type(v)(0) if v <= 0 else v
     if kind == LEAKY_RELU:
         return v if v > 0 else v * alpha
     if kind == SIGMOID:
