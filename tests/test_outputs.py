@@ -18,6 +18,7 @@ from bpnet.config import load_config
 from bpnet.diagnostics import random_batch
 from bpnet.errors import BpnetError, ConfigError
 from bpnet.gradient_check import check_layer, check_net
+from bpnet.run_data import dataset_for
 
 from conftest import make_layer, write_yaml
 
@@ -499,6 +500,37 @@ def test_predict_and_eval_on_a_file_do_not_read_the_training_data(tmp_path):
     assert np.load(tmp_path / "p.npy").shape == (20, 4)
     np.savez(tmp_path / "labelled.npz", x=x[:20], y=y[:20])
     assert json.loads(bpnet("eval", run, "--data", tmp_path / "labelled.npz", "--json"))["n"] == 20
+
+
+def test_eval_and_predict_past_two_chunks_match_one_pass_over_the_whole_file(npz_run, tmp_path):
+    """Both read a file 1,024 rows at a time; 2,049 rows take three chunks, the last of one row.
+    Every row must come out as one pass of the whole array through the network gives it."""
+    x, y = tiny_problem(2049, seed=3)
+    path = tmp_path / "many.npz"
+    np.savez(path, inputs=x, targets=y)
+    session, _ = api.load_trained(npz_run, splits=())
+    net = session.net
+    whole = dataset_for(session, path).inputs(net.dtype)
+    logits = whole
+    for layer in net.layers:
+        logits = layer.forward(logits, train=False)
+    loss, correct = net.forward(whole, y, train=False)
+
+    bpnet("predict", npz_run, path, "--out", tmp_path / "p.npy")
+    table = np.load(tmp_path / "p.npy")
+    probs = net.loss.output(logits)
+    assert table.shape == (2049, 4)
+    np.testing.assert_allclose(table[:, 1:], probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(table[:, 0], probs.argmax(axis=1))
+
+    result = json.loads(bpnet("eval", npz_run, "--data", path, "--json"))
+    confusion = np.zeros((3, 3), np.int64)
+    np.add.at(confusion, (y, logits.argmax(axis=1)), 1)
+    assert result["n"] == 2049 and result["confusion"] == confusion.tolist()
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["accuracy"] == pytest.approx(correct / 2049)
+    assert result["per_class_accuracy"] == pytest.approx(
+        list(np.diag(confusion) / confusion.sum(axis=1)))
 
 
 def test_a_failed_predict_write_keeps_the_old_predictions(tmp_path, capsys, monkeypatch):
