@@ -703,16 +703,22 @@ def test_stopped_and_resumed_equals_one_run(tmp_path, monkeypatch, overrides):
 @pytest.mark.parametrize("keep", ["none", "first"])
 def test_a_resume_from_before_the_best_epoch_keeps_best_npz_unless_beaten(tmp_path, keep):
     """best.npz can be newer than the checkpoint a resume starts from (checkpoint.every > 1,
-    a kill, every numbered checkpoint gone): a worse network must not replace it."""
-    api.train(write_tiny(tmp_path, **{"solver.epochs": 4}), out=tmp_path / "run", quiet=True,
-              overrides=["checkpoint.keep=0"])
+    a kill, every numbered checkpoint gone): a worse network must not replace it, a better
+    one must."""
+    _, first_rows = api.train(write_tiny(tmp_path, **{"solver.epochs": 4}), out=tmp_path / "run",
+                              quiet=True, overrides=["checkpoint.keep=0"])
     folder = tmp_path / "run" / "checkpoints"
     best = (folder / "best.npz").read_bytes()
     best_val = ckpt.load(folder / "best.npz")[1]["best_val"]
     for path in ckpt.list_checkpoints(folder)[1 if keep == "first" else 0:]:
         path.unlink()
-    # epoch 1 (or 2) again, at a rate that leaves the validation loss above the best one's
-    _, rows = api.train(resume=tmp_path / "run", quiet=True,
-                        overrides=["solver.epochs=2", "solver.lr=1e-6"])
-    assert all(r["val_loss"] > best_val for r in rows)
+    # epochs 1 and 2 (or 2) again, as the run had them: worse than its best epoch, but epoch 2
+    # better than epoch 1, the best a checkpoint of epoch 1 knows of
+    _, rows = api.train(resume=tmp_path / "run", quiet=True, overrides=["solver.epochs=2"])
+    assert first_rows[0]["val_loss"] > rows[-1]["val_loss"] > best_val
     assert (folder / "best.npz").read_bytes() == best
+    _, rows = api.train(resume=tmp_path / "run", quiet=True, overrides=["solver.epochs=6"])
+    beaten = min(r["val_loss"] for r in rows)
+    assert beaten < best_val
+    meta = ckpt.load(folder / "best.npz")[1]
+    assert meta["best_val"] == beaten and rows[meta["epoch"] - 1]["val_loss"] == beaten
