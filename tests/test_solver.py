@@ -265,6 +265,41 @@ def test_solver_state_is_a_flat_dict_that_round_trips():
     np.testing.assert_array_equal(other.params["fc.W"].data, p.data)
 
 
+def _solver(cfg, values):
+    return Solver(cfg, {f"p{i}": Param(f"p{i}", np.array(v)) for i, v in enumerate(values)})
+
+
+def _steps(solver, grads):
+    """One step for each entry of ``grads``, which holds a gradient for every parameter."""
+    for step in grads:
+        for p, g in zip(solver.params.values(), step):
+            p.grad[...] = g
+        solver.step(solver.cfg["lr"])
+
+
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam"])
+def test_reset_forgets_every_slot_and_the_step_count_and_keeps_the_weights(kind):
+    """newbob's rollback: the step after a reset is a first step from the weights as they are
+    (for Adam, both moments and the bias correction start over)."""
+    cfg = solver_cfg(type=kind, lr=0.1)
+    grads = [[g, g[1:]] for g in GRADS]  # two parameters: the slots span both
+    solver = _solver(cfg, [W0, -2 * W0[:2]])
+    _steps(solver, grads[:2])
+    weights = [p.data.copy() for p in solver.params.values()]
+    assert all(a.any() for slots in solver.state.values() for a in slots.values())
+    solver.reset()
+    assert solver.steps == 0
+    for name, slots in solver.state.items():
+        assert sorted(slots) == (["m", "v"] if kind == "adam" else ["v"])
+        for slot, a in slots.items():
+            assert not a.any(), f"{name}/{slot} outlived the reset"
+    fresh = _solver(cfg, weights)
+    for s in (solver, fresh):
+        _steps(s, grads[2:])
+    for p, q in zip(solver.params.values(), fresh.params.values()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
 # ----- learning-rate policies ---------------------------------------------------------------------
 
 POLICY_CFG = dict(lr=0.2, gamma=0.5, stepsize=2.0, stepvalues=[1.0, 3.0], power=2.0, epochs=10)

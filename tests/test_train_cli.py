@@ -262,8 +262,10 @@ def test_resume_after_an_interrupt_in_mid_epoch_equals_one_run(mnist_config, tmp
     assert _comparable(metrics(stopped)) == _comparable(metrics(whole))
 
 
+@pytest.mark.parametrize("solver", [{"type": "sgd"}, {"type": "adam", "momentum": 0}],
+                         ids=["sgd", "adam"])
 def test_newbob_rejects_a_worse_epoch_and_goes_back_to_the_best_weights(mnist_config, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, solver):
     """Validation losses are scripted: 1.0 initially, then 0.5 (accept), 0.9 (reject), 0.45."""
     script = iter([1.0, 0.5, 0.9, 0.45])
     real = train_module.evaluate
@@ -276,17 +278,20 @@ def test_newbob_rejects_a_worse_epoch_and_goes_back_to_the_best_weights(mnist_co
 
     monkeypatch.setattr(train_module, "evaluate", scripted)
     run = tmp_path / "run"
-    config = mnist_config(solver={"lr_policy": "newbob", "epochs": 3, "lr": 0.1,
+    config = mnist_config(solver={**solver, "lr_policy": "newbob", "epochs": 3, "lr": 0.1,
                                   "newbob": {"start_halving": 0.1, "end_halving": 0.01}})
     result = bpnet("train", config, "--out", run)
     assert "epoch 2: validation loss rose; back to the best weights" in result.output
     saved = [ckpt.load(p)[0] for p in ckpt.list_checkpoints(run / "checkpoints")]
     assert len(saved) == 3
-    # epoch 2 rejected: epoch 1's weights, and the momentum built at the old rate cleared
+    # epoch 2 rejected: epoch 1's weights, and the momentum (Adam: both moments) built at the
+    # old rate cleared
     params = [{k: v for k, v in a.items() if k.startswith("param/")} for a in saved]
     assert_identical(params[1], params[0])
-    momenta = [k for k in saved[0] if k.startswith("solver/") and k.endswith("/v")]
-    assert momenta and all(saved[0][k].any() and not saved[1][k].any() for k in momenta)
+    momenta = [k for k in saved[0] if k.startswith("solver/") and k != "solver/steps"]
+    slots = {"m", "v"} if solver["type"] == "adam" else {"v"}
+    assert {k.rpartition("/")[2] for k in momenta} == slots
+    assert all(saved[0][k].any() and not saved[1][k].any() for k in momenta)
     assert saved[1]["solver/steps"] == 0
     assert_identical(ckpt.with_prefix(saved[1], "best"), params[0])
     assert not np.array_equal(saved[2]["param/fc1.W"], saved[1]["param/fc1.W"])
