@@ -30,7 +30,8 @@ def init_stats(config, overrides=(), inits=None, variances=None, batch=500, seed
     ``variances``: weight variances v, each run with gaussian std sqrt(v) on every Affine layer.
     Neither: one run with the config's own initialisers. Inputs are the first ``batch``
     training examples, or standard normal (batch, n_in) when the config has no data; without
-    data, regression targets are zero and class targets random. ``plot``: a .png to draw.
+    data, targets are zero (mse, sigmoid cross-entropy) or random labels (softmax).
+    ``plot``: a .png to draw.
     Returns ``{"layers": [...], "runs": [{"variance", "init", "forward", "backward"}, ...]}``.
     """
     if inits and variances:
@@ -72,7 +73,13 @@ def _batch(cfg, source, batch, seed):
     if cfg["data"] is None:
         from .diagnostics import random_batch
         net = build_net(cfg, None, dtype=np.float64, source=source)
-        return random_batch(net, batch, np.random.default_rng(seed))
+        x, t = random_batch(net, batch, np.random.default_rng(seed))
+        if net.loss.target_kind == "class":
+            return x, t
+        # A zero target makes the output gradient follow the output (y / batch for mse), so
+        # the backward table starts where the forward one ends; a random target would set its
+        # scale instead, the same for every weight variance.
+        return x, np.zeros_like(t)
     from .session import open_session
     train = open_session(cfg, source=source, dtype=np.float64, splits=("train",)).splits["train"]
     return train.examples(np.arange(min(batch, len(train))))

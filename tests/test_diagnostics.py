@@ -156,12 +156,13 @@ def test_time_reports_every_layer_and_sums_them():
 # ----- init-stats ------------------------------------------------------------------------------
 
 SWEEP = (0.001, 0.01, 0.02, 0.1, 1.0)
+SWEEP_BATCH = 200
 
 
 @pytest.fixture(scope="module")
 def sweep():
     result = run_json("init-stats", DEPTH50, "--sweep", ",".join(map(str, SWEEP)),
-                      "--batch", 200)
+                      "--batch", SWEEP_BATCH)
     return {run["variance"]: run for run in result["runs"]}
 
 
@@ -170,6 +171,15 @@ def test_init_stats_reports_every_affine_layer_for_every_variance(sweep):
     for r in sweep.values():
         assert len(r["forward"]) == len(r["backward"]) == 51
         assert all(v is not None and v > 0 for v in r["forward"] + r["backward"])
+
+
+@pytest.mark.parametrize("variance", SWEEP)
+def test_without_data_the_mse_target_is_zero(sweep, variance):
+    # the output gradient is then (y - 0) / batch, so its variance is the output's over
+    # batch squared, for every variance; a random target would hold it near 1 / batch**2
+    r = sweep[variance]
+    assert r["backward"][-1] == pytest.approx(r["forward"][-1] / SWEEP_BATCH ** 2,
+                                                rel=1e-9)
 
 
 def test_he_variance_keeps_forward_and_backward_variance_steady(sweep):
