@@ -84,10 +84,10 @@ def info_text(result):
              f"loss {result['loss']}",
              f"{'layer':<12}{'type':<12}{'output':>12}{'params':>12}{'fwd FLOPs':>12}"
              f"{'bwd FLOPs':>12}  options"]
-    for l in result["layers"]:
+    for l in result["layers"]:  # a layer without options, such as relu, ends at its FLOPs
         lines.append(f"{l['name']:<12}{l['type']:<12}{'(N, ' + str(l['n_out']) + ')':>12}"
                      f"{l['params']:>12,}{l['flops_forward']:>12,}{l['flops_backward']:>12,}"
-                     f"  {l['describe']}")
+                     f"  {l['describe']}".rstrip())
     lines.append(f"{'total':<24}{'':>12}{result['params']:>12,}{result['flops_forward']:>12,}"
                  f"{result['flops_backward']:>12,}  (FLOPs per sample)")
     stats = result.get("checkpoint")

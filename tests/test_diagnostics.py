@@ -70,6 +70,7 @@ def test_info_counts_parameters_from_the_layer_shapes(config):
     text = run("info", config)
     assert f"{result['params']:,}" in text.splitlines()[-1]
     assert "init=he" in text
+    assert all(line == line.rstrip() for line in text.splitlines())  # relu rows too
 
 
 def test_info_of_the_init_depth50_config_has_51_affine_layers_of_100():
