@@ -66,8 +66,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                 if done:  # config.yaml stays as it was: nothing ran under the new one
                     log(f"not resuming {run_dir} from {found[-1].name}: {done}")
                     return run_dir, trainer.rows
-                log(f"resuming {run_dir} from {found[-1].name}: epoch {trainer.epoch}, "
-                    f"iteration {trainer.iteration}")
+                log(f"resuming {run_dir} from {found[-1].name}: {trainer.place()}")
             else:  # stopped before its first checkpoint: nothing was lost but time
                 log(f"{run_dir} has no checkpoint yet; training from the start")
             trainer.keep_best(run_dir / "checkpoints" / "best.npz")

@@ -250,14 +250,21 @@ class Trainer:
         self._check_finite()
         path = self._save(ckpt.checkpoint_name(self.iteration))
         name = "SIGINT" if self._signal == signal.SIGINT else "SIGTERM"
-        when = (f"at epoch {self.epoch + 1}" if self.position else f"after epoch {self.epoch}")
         # the exit status tells a calling script that it was stopped, even when nothing was left
         then = ("the run is complete" if self.finished() else
                 f"continue with: bpnet train --resume {self.run_dir}")
-        error = Interrupted(f"{name} {when}, iteration {self.iteration}; checkpoint {path} "
+        error = Interrupted(f"{name} {self.place()}; checkpoint {path} "
                             f"written; {then}")
         error.exit_code = 128 + self._signal
         raise error
+
+    def place(self):
+        """Where the run stands, in the words every message uses for it."""
+        if self.position:
+            where = f"in epoch {self.epoch + 1} at batch {self.position} of {self.batches_per_epoch}"
+        else:
+            where = f"after epoch {self.epoch}"
+        return f"{where}, iteration {self.iteration}"
 
     def _reset_sums(self):
         self.sums = {"loss": 0.0, "correct": 0, "units": 0, "samples": 0, "skipped": 0,

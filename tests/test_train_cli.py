@@ -214,7 +214,7 @@ def test_a_second_signal_while_the_checkpoint_is_written_lets_it_complete(mnist_
                    ok=False)
     error = result.exception
     assert isinstance(error, train_module.Interrupted) and error.exit_code == 130, error
-    assert "SIGINT at epoch 2, iteration 21; checkpoint" in str(error)
+    assert "SIGINT in epoch 2 at batch 5 of 16, iteration 21; checkpoint" in str(error)
     assert final_state(run)[1]["iteration"] == 21
     assert not list((run / "checkpoints").glob(".*"))  # no temporary file left behind
 
@@ -257,7 +257,9 @@ def test_resume_after_an_interrupt_in_mid_epoch_equals_one_run(mnist_config, tmp
     assert (meta["epoch"], meta["iteration"], meta["position"]) == (1, 21, 5)
     assert "order" in arrays
     assert len(metrics(stopped)) == 1
-    bpnet("train", "--resume", stopped, "--quiet")
+    place = "in epoch 2 at batch 5 of 16, iteration 21"  # stop and resume say it alike
+    assert place in str(result.exception)
+    assert f"from ckpt-00000021.npz: {place}" in bpnet("train", "--resume", stopped).output
     assert_identical(final_state(stopped)[0], final_state(whole)[0])
     assert _comparable(metrics(stopped)) == _comparable(metrics(whole))
 
