@@ -4,6 +4,7 @@ Nothing heavy is imported at module level, so ``bpnet --help`` answers at once; 
 numba load only when a command runs.
 """
 
+import functools
 import gc
 import math
 import os
@@ -11,7 +12,7 @@ import sys
 
 import click
 
-from .errors import BpnetError
+from .errors import BpnetError, ConfigError
 
 
 def _threads(ctx, param, value):
@@ -23,11 +24,24 @@ def _threads(ctx, param, value):
 
 
 # max is config.MAX_THREADS, written out so that `bpnet --help` need not import yaml
-THREADS = click.option("--threads", type=click.IntRange(min=1, max=1024), callback=_threads,
+THREADS = click.option("--threads", type=click.IntRange(min=0, max=1024), callback=_threads,
                        is_eager=True,
-                       help="BLAS threads (default: the config's threads, else all cores).")
-SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                   help="Override a config key, e.g. --set solver.lr=0.1 (repeatable).")
+                       help="BLAS threads (default or 0: the config's threads, else all cores).")
+_SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config key, e.g. --set solver.lr=0.1 (repeatable).")
+
+
+def set_option(command):
+    """The --set option; an error about a key it set, found however late (a resume's checks,
+    building the net), says the value came from the command line, not from the file."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as e:
+            from .config import with_override_note
+            raise with_override_note(e, kwargs["overrides"]) from None
+    return _SET_OPTION(run)
 
 
 # invoke_without_command: a bare `bpnet` prints the help and succeeds, as pip does; click's own
@@ -50,7 +64,7 @@ def cli(ctx, debug):
 @cli.command()
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (default runs/<name>/).")
-@SET
+@set_option
 @click.option("--resume", type=click.Path(file_okay=False),
               help="Continue the run in this folder from its newest checkpoint.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
@@ -156,7 +170,7 @@ def _positive_finite(ctx, param, value):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@SET
+@set_option
 def gradcheck(config, random, layer, samples, eps, tol, seed, batch, as_json, overrides):
     """Compare backprop gradients with central differences, in float64.
 
@@ -196,7 +210,7 @@ def _positive_float(text):
 @cli.command()
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@SET
+@set_option
 def info(path, as_json, overrides):
     """Layers, output shapes, parameter counts, initialisers and FLOPs of PATH (a config, run
     folder or checkpoint); for a checkpoint, statistics of every parameter too.
@@ -215,7 +229,7 @@ def info(path, as_json, overrides):
               help="Iterations averaged, after a warm-up.")
 @click.option("--batch", type=click.IntRange(min=1), help="Batch size (default: solver.batch_size).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@SET
+@set_option
 @THREADS
 def time_(config, iterations, batch, as_json, overrides, threads):
     """Per-layer forward and backward milliseconds on random inputs, totals and samples/s.
@@ -242,7 +256,7 @@ def time_(config, iterations, batch, as_json, overrides, threads):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), metavar="FILE.png",
               help="Also draw the variances against depth (needs matplotlib).")
-@SET
+@set_option
 def init_stats(config, inits, variances, batch, seed, as_json, plot, overrides):
     """Variance of pre-activations (forward) and gradients (backward) per affine layer, for one
     batch at initialisation, in float64: vanishing and exploding signals at a glance.

@@ -204,10 +204,18 @@ def load_config(path, overrides=()):
     try:
         return resolve(raw, source=path, base=Path(path).resolve().parent)
     except ConfigError as e:
-        if not _from_overrides(e.where, overrides):
-            raise
-        raise ConfigError(f"{e.detail} (the value given with --set)", source=path,
-                          where=e.where) from None
+        raise with_override_note(e, overrides) from None
+
+
+SET_NOTE = " (the value given with --set)"
+
+
+def with_override_note(error, overrides):
+    """``error``, a ConfigError, saying that the value at fault came from ``--set`` when its
+    key was set there (a reader of the file would not find it)."""
+    if error.detail.endswith(SET_NOTE) or not _from_overrides(error.where, overrides):
+        return error
+    return type(error)(error.detail + SET_NOTE, source=error.source, where=error.where)
 
 
 def _from_overrides(where, overrides):

@@ -36,7 +36,8 @@ def dataset_for(session, data, labels=True):
     elif path.suffix == ".csv":
         spec = _csv_spec(path, train, session.net, labels)
     else:
-        raise DataError("expected a .npz, .csv or config .yaml file", source=path)
+        raise DataError(f"expected a split of the run ({', '.join(SPLITS)}) or a .npz, .csv or "
+                        f"config .yaml file", source=path)
     x, y, source, lines = read_dataset(spec, labels)
     n_in = session.net.n_in
     if x.shape[1] != n_in:

@@ -299,7 +299,7 @@ def test_threads_are_bounded_in_the_config_and_on_the_command_line(config_file):
     assert f"an integer from 0 to {MAX_THREADS}" in message
     result = CliRunner().invoke(cli.cli, ["train", str(config_file()), "--threads",
                                           "99999999999999999999"])
-    assert result.exit_code == 2 and f"1<=x<={MAX_THREADS}" in result.output
+    assert result.exit_code == 2 and f"0<=x<={MAX_THREADS}" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 

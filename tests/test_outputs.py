@@ -398,6 +398,24 @@ def test_predict_never_writes_over_its_data_or_the_run(tmp_path, capsys):
     bpnet("predict", run, "test", "--out", run / "predictions.csv")  # beside them is fine
 
 
+def test_a_resume_refusing_a_set_value_says_it_came_from_set(tmp_path, capsys):
+    run, _ = csv_split_run(tmp_path)
+    line = bpnet_fails(capsys, "train", "--resume", run, "--set", "net.layers[0].out=7")
+    assert "net.layers[0].out: is 7, but the run was trained with 8" in line
+    assert line.endswith("(the value given with --set)")
+
+
+def test_eval_data_that_is_neither_a_split_nor_a_file_lists_the_splits(tmp_path, capsys):
+    run, _ = csv_split_run(tmp_path)
+    line = bpnet_fails(capsys, "eval", run, "--data", "tset")
+    assert "tset: expected a split of the run (train, val, test) or a .npz" in line
+
+
+def test_threads_0_means_the_default_as_in_the_config(tmp_path):
+    run, _ = csv_split_run(tmp_path)
+    assert bpnet("eval", run, "--threads", "0", "--json") == bpnet("eval", run, "--json")
+
+
 def test_the_header_of_a_fifo_is_not_waited_for(tmp_path):
     from bpnet.data.csv_file import header_of
     os.mkfifo(tmp_path / "train.csv")
