@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .layers import LAYERS
 from .losses import LOSSES
 from .net import Net
@@ -66,7 +66,12 @@ def input_width(cfg):
     if cfg["net"]["input"] is not None or cfg["data"] is None:
         return cfg["net"]["input"]
     from .data import read_dataset
-    return read_dataset(cfg["data"]["train"])[0].shape[1]
+    try:
+        return read_dataset(cfg["data"]["train"])[0].shape[1]
+    except DataError as e:  # commands on random inputs read the data for this alone
+        raise DataError(f"{e.detail}; the network's input width is read from the training data "
+                        f"(or give its width as net.input, e.g. --set net.input=N)", source=e.source,
+                        where=e.where) from None
 
 
 def net_for(cfg, source=None, dtype=np.float32):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from bpnet import checkpoint as ckpt
@@ -135,6 +136,24 @@ def test_info_checks_the_epoch_and_iteration_it_shows(regression_run, tmp_path):
 def test_info_of_a_folder_that_is_no_run_names_it(tmp_path):
     result = CliRunner().invoke(cli, ["info", str(tmp_path)])
     assert isinstance(result.exception, BpnetError) and str(tmp_path) in str(result.exception)
+
+
+@pytest.mark.parametrize("command", [["info"], ["time", "--iterations", "1"],
+                                     ["gradcheck", "--random", "--samples", "2"]])
+def test_commands_that_need_only_the_input_width_say_how_to_do_without_the_data(tmp_path,
+                                                                               command):
+    """A mistyped data path stopped info, time and gradcheck --random, which read the data for
+    its width alone; the message now says net.input does without it."""
+    cfg = load_config(REGRESSION)
+    cfg["data"]["train"]["path"] = str(tmp_path / "gone.npz")
+    cfg["net"]["input"] = None
+    config = tmp_path / "gone.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(cli, [command[0], str(config), *command[1:]])
+    assert isinstance(result.exception, BpnetError)
+    assert "gone.npz: file not found; the network's input width is read from the training " \
+           "data (or give its width as net.input" in str(result.exception)
+    run(command[0], config, *command[1:], "--set", "net.input=1")
 
 
 # ----- time ------------------------------------------------------------------------------------
