@@ -131,14 +131,16 @@ def evaluate_run(path, data="test", warn=None):
             for _, x in dataset.chunks(net.dtype):
                 z = net.outputs(x)
                 result["nonfinite"] += _nonfinite_rows(z)
-                predicted.append(z.argmax(axis=1))
+                # as the loss counts accuracy: a row holding a NaN has no class (-1)
+                predicted.append(np.where(np.isnan(z).any(axis=1), -1, z.argmax(axis=1)))
     _warn_overflow(warn, dataset, result["nonfinite"], "outputs", result["loss"])
     if net.loss.target_kind == "class":
         predicted = np.concatenate(predicted)
         k = session.net.n_out
         confusion = np.zeros((k, k), np.int64)
-        np.add.at(confusion, (dataset.y, predicted), 1)
-        totals = confusion.sum(axis=1)
+        some = predicted >= 0  # rows without a class are wrong, and in no column
+        np.add.at(confusion, (dataset.y[some], predicted[some]), 1)
+        totals = np.bincount(dataset.y, minlength=k)
         result["per_class_accuracy"] = [float(confusion[i, i] / totals[i]) if totals[i] else None
                                         for i in range(k)]
         result["confusion"] = confusion.tolist()

@@ -217,6 +217,17 @@ def test_softmax_xent_gradient_is_softmax_minus_onehot_over_batch():
     assert correct == int((z.argmax(axis=1) == labels).sum())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_row_holding_a_nan_is_never_counted_correct(dtype):
+    """eval on inputs that overflow: a NaN row counted as class 0 (the kernel) or as the
+    NaN's column (numpy's argmax), so the accuracy depended on the labels of broken rows."""
+    z = np.array([[np.nan, 1, 2], [3, 1, np.nan], [3, 1, 2], [np.inf, 1, 2]], dtype)
+    labels = np.array([0, 0, 0, 0], np.int64)
+    with np.errstate(invalid="ignore"):
+        for kernel in (jit.softmax_xent, reference.softmax_xent):
+            assert kernel(z, labels, _unwritten(z), dtype(1))[1] == 2  # the last two rows
+
+
 def test_float32_sigmoid_is_accurate_over_the_whole_range():
     """The float32 sigmoid uses its own vectorisable exp: hold it to float64 everywhere,
     including saturation, infinities and NaN (which must stay NaN for divergence checks)."""

@@ -488,6 +488,8 @@ def test_inputs_that_overflow_the_network_are_reported_in_one_warning_line(tmp_p
         out, err = capsys.readouterr()
         result = json.loads(out)  # valid JSON: NaN prints as null
         assert (result["loss"], result["nonfinite"], result["n"]) == (None, 1, 3)
+        # the accuracy and the confusion matrix count the overflowing row alike
+        assert result["accuracy"] == np.trace(np.array(result["confusion"])) / 3
         assert err == (f"Warning: {tmp_path / 'big.npz'}: 1 of 3 examples give NaN or infinite "
                        f"outputs and the loss is nan: inputs this large overflow the network's "
                        f"float32 arithmetic\n")

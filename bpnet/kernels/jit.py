@@ -169,17 +169,21 @@ def softmax_xent(z, labels, grad, scale):
     """Softmax cross-entropy on logits z: (batch, classes), labels: (batch,) int64.
 
     Writes grad = (softmax(z) - onehot(labels)) * scale and returns
-    (sum over rows of -log softmax(z)[label], number of rows whose argmax is the label).
+    (sum over rows of -log softmax(z)[label], number of rows whose argmax is the label). A
+    row holding a NaN has no argmax: it is never counted correct.
     """
     loss = 0.0
     correct = 0
     for i in range(z.shape[0]):
         best = 0
         m = z[i, 0]
+        nan = m != m
         for j in range(1, z.shape[1]):
-            if z[i, j] > m:
-                m = z[i, j]
+            v = z[i, j]
+            if v > m:
+                m = v
                 best = j
+            nan |= v != v
         s = z.dtype.type(0)
         for j in range(z.shape[1]):
             e = np.exp(z[i, j] - m)
@@ -187,7 +191,7 @@ def softmax_xent(z, labels, grad, scale):
             s += e
         label = labels[i]
         loss += np.log(s) - (z[i, label] - m)
-        correct += best == label
+        correct += best == label and not nan
         r = scale / s
         for j in range(z.shape[1]):
             grad[i, j] *= r

@@ -63,7 +63,8 @@ def softmax_xent(z, labels, grad, scale):
     rows = np.arange(len(z))
     grad[...] = np.exp(log_p) * scale
     grad[rows, labels] -= scale
-    return -log_p[rows, labels].astype(np.float64).sum(), int((z.argmax(axis=1) == labels).sum())
+    right = (z.argmax(axis=1) == labels) & ~np.isnan(z).any(axis=1)  # a NaN row has no argmax
+    return -log_p[rows, labels].astype(np.float64).sum(), int(right.sum())
 
 
 def softmax(z, p):
