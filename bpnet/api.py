@@ -89,8 +89,9 @@ def load_run(path, overrides=()):
     if not config.is_file():
         if path.is_file() and path.suffix != ".npz":
             raise BpnetError("not a checkpoint (.npz) or run folder", source=path)
-        raise BpnetError("no config.yaml beside the checkpoint (expected RUN_DIR/config.yaml)",
-                         source=found)
+        raise BpnetError(f"is read with its run's config.yaml (RUN_DIR/config.yaml for "
+                         f"RUN_DIR/checkpoints/NAME.npz), and {config} is not there; copy the "
+                         f"whole run folder, not the checkpoint alone", source=found)
     return load_config(config, overrides), config, found
 
 

@@ -576,7 +576,19 @@ def test_a_failed_predict_write_keeps_the_old_predictions(tmp_path, capsys, monk
 def test_eval_of_a_config_file_says_it_is_no_run(tmp_path, capsys):
     line = bpnet_fails(capsys, "eval", net_config(tmp_path))
     assert "relu.yaml" in line and "not a checkpoint or run folder" in line
-    assert "beside the checkpoint" not in line
+    assert "is read with its run's config.yaml" not in line
+
+
+def test_a_checkpoint_copied_out_of_its_run_says_to_copy_the_run(tmp_path, capsys):
+    run, _ = csv_split_run(tmp_path)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    newest = sorted((run / "checkpoints").glob("ckpt-*.npz"))[-1]
+    copy = alone / newest.name
+    copy.write_bytes(newest.read_bytes())
+    line = bpnet_fails(capsys, "eval", copy)
+    assert f"{newest.name}: is read with its run's config.yaml" in line
+    assert "copy the whole run folder" in line
 
 
 def test_load_run_of_a_config_raises_a_bpnet_error(tmp_path):
