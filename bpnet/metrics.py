@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .data import decode_csv
 from .errors import BpnetError
-from .files import write_text
+from .files import refuse_special, write_text
 
 COLUMNS = ("epoch", "iteration", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
            "test_loss", "test_acc", "seconds", "samples_per_sec", "skipped")
@@ -29,6 +29,7 @@ def read_metrics(run_dir):
     """The rows of ``RUN_DIR/metrics.csv`` as dicts of floats (None where a cell is empty)."""
     path = Path(run_dir) / "metrics.csv"
     try:
+        refuse_special(path)  # a FIFO would block the read for ever
         raw = path.read_bytes()
     except FileNotFoundError:
         raise BpnetError("no metrics.csv here; expected a run folder written by bpnet train",

@@ -1,6 +1,7 @@
 """bpnet info, time, init-stats and plot, end to end through the CLI on small inputs."""
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -289,3 +290,10 @@ def test_plot_without_matplotlib_says_how_to_install_it(regression_run, tmp_path
 def test_plot_of_a_folder_without_metrics_names_it(tmp_path):
     result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
     assert isinstance(result.exception, BpnetError) and "metrics.csv" in str(result.exception)
+
+
+def test_plot_of_a_run_whose_metrics_csv_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "metrics.csv")
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path)])
+    assert isinstance(result.exception, BpnetError)
+    assert "metrics.csv: is not a regular file" in str(result.exception)
