@@ -39,7 +39,7 @@ def set_option(command):
         try:
             return command(*args, **kwargs)
         except ConfigError as e:
-            from .config import with_override_note
+            from .overrides import with_override_note
             raise with_override_note(e, kwargs["overrides"]) from None
     return _SET_OPTION(run)
 

@@ -8,12 +8,11 @@ expected; unknown keys and types list the valid ones.
 import re
 from pathlib import Path
 
-import yaml
-
 from . import spec
 from .errors import ConfigError, describe
-from .files import refuse_special
+from .overrides import apply_override, with_override_note
 from .spec import Option
+from .yaml_file import load_yaml
 
 MAX_THREADS = 1024  # far above any CPU bpnet runs on; threadpoolctl overflows on huge counts
 FLOAT32_TINY = 1.1754943508222875e-38  # smaller eps round to 0 or to a subnormal
@@ -112,87 +111,6 @@ TOP = {
 }
 
 
-class _Loader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys (safe_load keeps the last silently) and turns a
-    value Python cannot hold (a 5,000-digit integer, month 13) into a YAML error at its line."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # keys merged in with << may be overridden: that is their purpose
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:
-                    continue  # an unhashable key: the base class reports it
-                if first is not None:
-                    raise _YAMLValueError(f"duplicate key {describe(key)} (first at line "
-                                          f"{first.line + 1})", key_node.start_mark)
-                seen[key] = key_node.start_mark
-        return super().construct_mapping(node, deep)
-
-    def construct_object(self, node, deep=False):
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as e:
-            raise _YAMLValueError(f"cannot read the value: {e}", node.start_mark) from None
-
-
-class _YAMLValueError(yaml.YAMLError):
-    """Well-formed YAML whose content bpnet refuses; not a syntax error."""
-
-    def __init__(self, problem, mark):
-        super().__init__(problem)
-        self.problem, self.problem_mark = problem, mark
-
-
-MAX_YAML_VALUES = 100_000  # a config holds hundreds; aliases of aliases can make billions
-
-
-def _parse_yaml(text):
-    """The YAML in ``text``; raises yaml.YAMLError, or RecursionError when nested too deeply."""
-    return _unshared(yaml.load(text, Loader=_Loader), [MAX_YAML_VALUES])  # SafeLoader: plain data
-
-
-def _unshared(value, budget):
-    """``value`` with every list and mapping copied: a YAML alias makes two keys share one
-    object, and ``--set`` on one must not change the other. Counts values against ``budget``
-    (a one-item list) so that aliases of aliases are refused, not expanded until memory ends."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _YAMLValueError(f"more than {MAX_YAML_VALUES:,} values (aliases repeating "
-                              f"aliases?); a config needs far fewer", None)
-    if isinstance(value, dict):
-        return {k: _unshared(v, budget) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unshared(v, budget) for v in value]
-    return value
-
-
-def load_yaml(path):
-    """Read a YAML file with safe loading; errors name the file, line and column."""
-    path = Path(path)
-    try:
-        refuse_special(path, ConfigError)
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {getattr(e, 'strerror', None) or e}", source=path) from None
-    try:
-        return _parse_yaml(text)
-    except RecursionError:
-        raise ConfigError("YAML nested too deeply to read", source=path) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        kind = "YAML error" if isinstance(e, _YAMLValueError) else "YAML syntax error"
-        raise ConfigError(f"{kind}: {problem}", source=path, where=where) from None
-
-
 def load_config(path, overrides=()):
     """Read, override (``["solver.lr=0.1", ...]``) and validate a config file."""
     raw = load_yaml(path)
@@ -205,30 +123,6 @@ def load_config(path, overrides=()):
         return resolve(raw, source=path, base=Path(path).resolve().parent)
     except ConfigError as e:
         raise with_override_note(e, overrides) from None
-
-
-SET_NOTE = " (the value given with --set)"
-
-
-def with_override_note(error, overrides):
-    """``error``, a ConfigError, saying that the value at fault came from ``--set`` when its
-    key was set there (a reader of the file would not find it)."""
-    if error.detail.endswith(SET_NOTE) or not _from_overrides(error.where, overrides):
-        return error
-    return type(error)(error.detail + SET_NOTE, source=error.source, where=error.where)
-
-
-def _from_overrides(where, overrides):
-    """Whether the key path ``where`` lies in, or holds, a key set by ``--set``: then the value
-    at fault came from the command line, not from the file."""
-    if not where:
-        return False
-    for expr in overrides:
-        key = expr.partition("=")[0].strip()
-        if any(a == b or a.startswith(b + ".") or a.startswith(b + "[")
-               for a, b in ((where, key), (key, where))):
-            return True
-    return False
 
 
 def resolve(raw, source=None, base=Path(".")):
@@ -315,47 +209,3 @@ def _layer(value, i, source, registry):
                           f"name", source=source, where=f"{where}.{key}")
     return {"name": name, "type": kind,
             **spec.parse(options, registry[kind].OPTIONS, where, source)}
-
-
-_PATH_PART = re.compile(r"([A-Za-z_]\w*)((?:\[\d+\])*)")
-
-
-def apply_override(raw, expr):
-    """Apply ``key.path[2].leaf=value`` (value read as YAML) to a raw config mapping."""
-    key, sep, text = expr.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"found {expr!r}, expected KEY=VALUE such as solver.lr=0.1",
-                          source="--set")
-    try:
-        value = _parse_yaml(text) if text.strip() else None
-    except RecursionError:
-        raise ConfigError(f"value {describe(text)} is nested too deeply", source="--set",
-                          where=key) from None
-    except yaml.YAMLError as e:
-        problem = f": {e.problem}" if isinstance(e, _YAMLValueError) else " is not valid YAML"
-        raise ConfigError(f"value {describe(text)}{problem}", source="--set", where=key) from None
-    steps = []
-    for part in key.strip().split("."):
-        m = _PATH_PART.fullmatch(part)
-        if not m:
-            raise ConfigError(f"found {key!r}, expected a key path such as net.layers[0].out",
-                              source="--set")
-        steps.append(m.group(1))
-        steps.extend(int(n) for n in re.findall(r"\d+", m.group(2)))
-    node = raw
-    for step, nxt in zip(steps, steps[1:]):
-        try:
-            if isinstance(step, str) and isinstance(node, dict) and node.get(step) is None:
-                node[step] = [] if isinstance(nxt, int) else {}
-            node = node[step]
-        except (KeyError, IndexError, TypeError):
-            what = f"index {step}" if isinstance(step, int) else repr(step)
-            raise ConfigError(f"{what} does not exist in the config", source="--set",
-                              where=key) from None
-    last = steps[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise ConfigError(f"index {last} does not exist in the config", source="--set", where=key)
-    elif not isinstance(node, dict):
-        raise ConfigError(f"{key!r} is not inside a mapping", source="--set", where=key)
-    node[last] = value

@@ -348,7 +348,7 @@ def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path, text, line, k
 
 
 def test_merge_keys_may_still_be_overridden(tmp_path):
-    from bpnet.config import load_yaml
+    from bpnet.yaml_file import load_yaml
 
     path = tmp_path / "merge.yaml"
     path.write_text("base: &b {lr: 0.1, epochs: 2}\nsolver:\n  <<: *b\n  lr: 0.5\n")

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from bpnet import checkpoint as ckpt
 from bpnet.build import build_net
-from bpnet.config import apply_override, load_config, resolve
+from bpnet.config import load_config, resolve
+from bpnet.overrides import apply_override
 from bpnet.data import read_csv, read_idx, read_npz
 from bpnet.data.idx import _Gunzip
 from bpnet.errors import BpnetError
