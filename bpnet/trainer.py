@@ -368,8 +368,13 @@ class Trainer:
         path = Path(path)
         if not path.is_file():
             return
-        _, meta = ckpt.load(path)
-        ckpt.check_meta(meta, path, COLUMNS)
+        try:
+            _, meta = ckpt.load(path)
+            ckpt.check_meta(meta, path, COLUMNS)
+        except CheckpointError as e:  # never replaced unread: it may be the only copy of a net
+            raise CheckpointError(f"{e.detail}; the resume would replace it unless beaten, so "
+                                  f"it must be read: move it away to resume without it",
+                                  source=path) from None
         if meta["best_val"] is not None and (self.best_val is None
                                              or meta["best_val"] < self.best_val):
             self.best_val = meta["best_val"]

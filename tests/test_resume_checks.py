@@ -722,3 +722,15 @@ def test_a_resume_from_before_the_best_epoch_keeps_best_npz_unless_beaten(tmp_pa
     assert beaten < best_val
     meta = ckpt.load(folder / "best.npz")[1]
     assert meta["best_val"] == beaten and rows[meta["epoch"] - 1]["val_loss"] == beaten
+
+
+def test_a_resume_past_an_unreadable_best_npz_says_to_move_it(tmp_path):
+    """A resume never replaces a best.npz it could not read: it may be the only copy."""
+    api.train(write_tiny(tmp_path, **{"solver.epochs": 2}), out=tmp_path / "run", quiet=True)
+    best = tmp_path / "run" / "checkpoints" / "best.npz"
+    best.write_bytes(best.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a valid .npz file.*move it away to resume"):
+        api.train(resume=tmp_path / "run", quiet=True, overrides=["solver.epochs=3"])
+    assert len(best.read_bytes()) == 100
+    best.rename(best.with_name("damaged.npz"))
+    api.train(resume=tmp_path / "run", quiet=True, overrides=["solver.epochs=3"])
