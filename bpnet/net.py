@@ -161,13 +161,16 @@ class Net:
         """Parameter arrays by name (copies)."""
         return {name: p.data.copy() for name, p in self.params.items()}
 
-    def load_state_dict(self, arrays, source=None):
-        """Copy arrays into the parameters; every name must be present with the same shape,
-        real floating and finite in this network's dtype. All are checked before any is
-        copied."""
+    def load_state_dict(self, arrays, source=None, strict=True):
+        """Copy arrays into the parameters and return the names copied. Every name must be
+        present (unless not ``strict``: a parameter missing keeps its values) with the same
+        shape, real floating and finite in this network's dtype. All are checked before any
+        is copied."""
         cast = {}
         for name, p in self.params.items():
             if name not in arrays:
+                if not strict:
+                    continue
                 raise CheckpointError(f"parameter {name!r} is missing (the checkpoint has: "
                                       f"{', '.join(sorted(arrays)) or 'none'})", source=source)
             a = arrays[name]
@@ -178,8 +181,9 @@ class Net:
                 raise CheckpointError(f"parameter {name!r} has shape {a.shape} in the checkpoint but "
                                       f"{p.data.shape} in this network", source=source)
             cast[name] = as_finite(a, p.data.dtype, f"parameter {name!r}", source)
-        for name, p in self.params.items():
-            p.data[...] = cast[name]
+        for name, a in cast.items():
+            self.params[name].data[...] = a
+        return list(cast)
 
     def astype(self, dtype):
         """Convert every layer and parameter (float64 for gradient checks)."""
