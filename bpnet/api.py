@@ -26,14 +26,20 @@ def set_threads(n):
 
 
 def train(config=None, out=None, overrides=(), resume=None, quiet=False, progress=None, log=None,
-          threads=None):
+          threads=None, weights=None):
     """Train as ``bpnet train`` does; returns the run folder and its metrics rows.
 
-    ``threads`` (BLAS threads) overrides the config's ``threads``.
+    ``threads`` (BLAS threads) overrides the config's ``threads``. ``weights``, a checkpoint or
+    run folder, starts the new run from its parameters of the same names (see ``weights``).
     """
     from .session import open_session
     from .trainer import Trainer
+    from .weights import start_from
 
+    if resume is not None and weights is not None:
+        raise ConfigError("starts a new run from trained weights, and a resumed run goes on from "
+                          "its own checkpoint: give --weights or --resume, not both",
+                          source="--weights")
     if resume is not None:
         if out is not None:  # a resumed run is continued in its own folder, never copied
             raise ConfigError("give --out for a new run or --resume for an old one, not both",
@@ -70,6 +76,8 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
             else:  # stopped before its first checkpoint: nothing was lost but time
                 log(f"{run_dir} has no checkpoint yet; training from the start")
             trainer.keep_best(run_dir / "checkpoints" / "best.npz")
+        if weights is not None:
+            start_from(session.net, weights, log)
         (run_dir / "checkpoints").mkdir(exist_ok=True)  # first: with config.yaml it marks a run
         save_config(cfg, run_dir)
         return run_dir, trainer.run()

@@ -67,16 +67,19 @@ def cli(ctx, debug):
 @set_option
 @click.option("--resume", type=click.Path(file_okay=False),
               help="Continue the run in this folder from its newest checkpoint.")
+@click.option("--weights", type=click.Path(), metavar="RUN_DIR|CHECKPOINT",
+              help="Start from these trained weights: each parameter of the same name (a run "
+              "folder: its best checkpoint, else its newest); the others keep their initialisers.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @THREADS
-def train(config, out, overrides, resume, quiet, threads):
+def train(config, out, overrides, resume, weights, quiet, threads):
     """Train the network of CONFIG; write metrics, config and checkpoints to the run folder.
 
     Example: bpnet train configs/mnist_mlp.yaml --out runs/mlp --set solver.epochs=3
     """
     from . import api
     run_dir, rows = api.train(config, out=out, overrides=overrides, resume=resume, quiet=quiet,
-                              threads=threads)
+                              threads=threads, weights=weights)
     if not quiet and rows:
         click.echo(f"run folder: {run_dir}")
 
