@@ -13,7 +13,8 @@ from .errors import BpnetError, ConfigError
 from .resume_checks import recorded_input_width
 from .files import replacing
 from .run_data import SPLITS, dataset_for, input_files
-from .runs import claimed, is_run, refuse_run_file, remove_stale_temps, run_folder, save_config
+from .runs import (claimed, is_run, recorded_weights, refuse_run_file, remove_stale_temps,
+                   run_folder, save_config)
 
 def set_threads(n):
     """Limit BLAS to ``n`` threads (0 leaves the default). bpnet's own kernels are serial."""
@@ -75,11 +76,12 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                 log(f"resuming {run_dir} from {found[-1].name}: {trainer.place()}")
             else:  # stopped before its first checkpoint: nothing was lost but time
                 log(f"{run_dir} has no checkpoint yet; training from the start")
+                weights = recorded_weights(run_dir)  # the start of a run begun with --weights
             trainer.keep_best(run_dir / "checkpoints" / "best.npz")
         if weights is not None:
-            start_from(session.net, weights, log)
+            trainer.weights = start_from(session.net, weights, log)
         (run_dir / "checkpoints").mkdir(exist_ok=True)  # first: with config.yaml it marks a run
-        save_config(cfg, run_dir)
+        save_config(cfg, run_dir, weights=trainer.weights)
         return run_dir, trainer.run()
 
 

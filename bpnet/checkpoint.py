@@ -9,7 +9,8 @@ Layout (every entry a plain array, so ``numpy.load(path, allow_pickle=False)`` r
 ``meta``                  a JSON string: format, version, epoch, iteration, batch position,
                           learning rate and the schedule's clock, generator states, newbob
                           state, metrics rows so far, the network, loss, solver type, batch
-                          size and iter_size it was trained with
+                          size and iter_size it was trained with, the checkpoint its
+                          weights started from (``weights``, null for initialisers)
 
 ``load`` checks the container and ``check_meta`` what meta holds: a damaged or hand-made file
 is a CheckpointError instead of a crash in a kernel. Whether a checkpoint fits the config and
@@ -96,8 +97,8 @@ def _layers(v):
 
 
 # What a resume reads from meta, and what each must be. Keys written by later versions of
-# format 1 (solver, batch_size, iter_size, clock, resumed_at) are optional so earlier checkpoints still
-# resume.
+# format 1 (solver, batch_size, iter_size, clock, resumed_at, weights) are optional so earlier
+# checkpoints still resume.
 META_CHECKS = {
     "epoch": (is_count, "a non-negative integer"),
     "iteration": (is_count, "a non-negative integer"),
@@ -121,6 +122,7 @@ OPTIONAL_META_CHECKS = {
     "resumed_at": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and is_finite(v[0])
                                            and 0 <= v[0] <= 1 and is_count(v[1])),
                    "null or [clock, batch]"),
+    "weights": (lambda v: v is None or isinstance(v, str), "null or the path of a checkpoint"),
 }
 SUMS = ("loss", "correct", "units", "samples", "skipped", "seconds", "lr")
 

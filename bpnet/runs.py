@@ -2,6 +2,7 @@
 what a new or resumed folder may hold."""
 
 import fnmatch
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,8 +116,38 @@ def remove_stale_temps(run_dir):
     files.remove_stale_temps(run_dir / "checkpoints", CHECKPOINT_FILES)
 
 
-def save_config(cfg, run_dir):
-    """config.yaml of the run: what it trained with, readable and reusable as a config."""
+# the config.yaml line of a run started from trained weights: a comment, since --weights is
+# no config key, and JSON-quoted (ASCII), so that no path breaks the line or the YAML
+WEIGHTS_NOTE = "# weights: "
+
+
+def save_config(cfg, run_dir, weights=None):
+    """config.yaml of the run: what it trained with, readable and reusable as a config, and
+    the checkpoint its weights started from (``weights``), if any."""
+    note = ""
+    if weights is not None:
+        note = (f"{WEIGHTS_NOTE}{json.dumps(str(weights))}\n"
+                "# The run started from that checkpoint's parameters of the same names (bpnet "
+                "train\n# --weights), not from its initialisers alone; this config by itself does "
+                "not load them.\n")
     files.write_text(Path(run_dir) / "config.yaml",
                      "# The resolved config of this run: defaults filled in, overrides applied.\n"
-                     + yaml.safe_dump(cfg, sort_keys=False))
+                     + note + yaml.safe_dump(cfg, sort_keys=False))
+
+
+def recorded_weights(run_dir):
+    """The checkpoint a run's config.yaml says its weights started from, or None."""
+    with open(Path(run_dir) / "config.yaml", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(WEIGHTS_NOTE):
+                try:
+                    path = json.loads(line[len(WEIGHTS_NOTE):])
+                except ValueError:
+                    path = None
+                if not isinstance(path, str):
+                    raise BpnetError(f"the line {line.strip()!r} does not name a file in quotes",
+                                     source=Path(run_dir) / "config.yaml")
+                return path
+            if not line.startswith("#"):
+                return None  # bpnet writes its notes above the config
+    return None

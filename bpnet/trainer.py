@@ -53,6 +53,7 @@ class Trainer:
         self.order, self.rows, self.best_val, self.best = None, [], None, None
         self._reset_sums()
         self._signal, self._saving = None, False
+        self.weights = None  # the checkpoint the run's weights started from (--weights), if any
 
     # ----- the loop ---------------------------------------------------------------------------
 
@@ -309,7 +310,8 @@ class Trainer:
                 "loss": self.cfg["net"]["loss"], "n_in": self.net.n_in,
                 "solver": self.s["type"], "batch_size": self.s["batch_size"],
                 "iter_size": self.s["iter_size"], "clock": self._clock(),
-                "resumed_at": None if self.resumed_at is None else list(self.resumed_at)}
+                "resumed_at": None if self.resumed_at is None else list(self.resumed_at),
+                "weights": self.weights}
         path = self.run_dir / "checkpoints" / name
         ckpt.save(path, arrays, meta)
         if name != "best.npz":
@@ -356,6 +358,7 @@ class Trainer:
                 raise CheckpointError(f"corrupt checkpoint: meta 'resumed_at' is after its batch "
                                       f"position {position}", source=path)
         self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
+        self.weights = meta.get("weights")
         self.shuffle_rng.bit_generator.state = shuffle_state
         self.net.dropout_rng.bit_generator.state = dropout_state
         self.order = order

@@ -43,7 +43,8 @@ def copy_weights(net, path):
 
 def start_from(net, path, log):
     """``copy_weights``, with a line to ``log`` naming what was taken and what was not; returns
-    the checkpoint's absolute path (a relative one depends on the folder bpnet started in)."""
+    the checkpoint's absolute path, which the run records (a relative one would depend on the
+    folder bpnet was started in)."""
     found, taken, kept = copy_weights(net, path)
     rest = f" ({', '.join(kept)} kept their initialisers)" if kept else ""
     log(f"weights from {found}: {', '.join(taken)}{rest}")

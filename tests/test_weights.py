@@ -1,12 +1,14 @@
 """A new run started from trained weights (train --weights): parameters copied by name and
-exactly, the others left to their initialisers, only the weights taken, and every mistake
-one line."""
+exactly, the others left to their initialisers, only the weights taken, the source recorded,
+and every mistake one line."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 
+import bpnet.trainer as train_module
 from bpnet import api
 from bpnet import checkpoint as ckpt
 from bpnet.build import build_net
@@ -98,6 +100,54 @@ def test_only_the_weights_are_taken(source, tmp_path):
         assert np.array_equal(a[key], b[key]), key
     assert [r["epoch"] for r in rows] == [1, 2] and meta["iteration"] == 2 * 13
     assert not np.array_equal(a["param/fc1.W"], params(run / "checkpoints" / "best.npz")["fc1.W"])
+
+
+def test_the_run_records_where_its_weights_came_from(source, tmp_path):
+    run, config = source
+    out, _ = api.train(config, out=tmp_path / "tuned", weights=run, quiet=True)
+    best = str((run / "checkpoints" / "best.npz").resolve())
+    for path in (out / "checkpoints").iterdir():
+        assert ckpt.load(path)[1]["weights"] == best, path.name
+    text = (out / "config.yaml").read_text()
+    assert f"# weights: {json.dumps(best)}\n" in text
+    assert load_config(out / "config.yaml") == load_config(config, [])  # a comment, no key
+    plain, _ = api.train(config, out=tmp_path / "plain", quiet=True)
+    assert ckpt.load(newest(plain))[1]["weights"] is None
+    assert "weights" not in (plain / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("stop", [7, None], ids=["mid-epoch", "before-any-checkpoint"])
+def test_a_run_from_weights_stopped_and_resumed_equals_one_run(source, tmp_path, monkeypatch,
+                                                               stop):
+    """Resumed from its checkpoint, the run goes on as usual; stopped before its first one, a
+    resume starts it again from the weights its config.yaml names."""
+    run, config = source
+    change = ["net.layers[3].name=head", "solver.epochs=3"]
+    whole, _ = api.train(config, out=tmp_path / "whole", weights=run, overrides=change,
+                         quiet=True)
+    if stop:
+        tiny_runs.stop_at(monkeypatch, stop)
+        with pytest.raises(train_module.Interrupted):
+            api.train(config, out=tmp_path / "stopped", weights=run, overrides=change,
+                      quiet=True)
+        monkeypatch.undo()
+    else:  # as a kill in the first epoch leaves it
+        api.train(config, out=tmp_path / "stopped", weights=run, overrides=change, quiet=True)
+        for path in (tmp_path / "stopped" / "checkpoints").iterdir():
+            path.unlink()
+        (tmp_path / "stopped" / "metrics.csv").unlink()
+    lines = []
+    api.train(resume=tmp_path / "stopped", log=lines.append)
+    assert any(line.startswith("weights from ") for line in lines) == (stop is None)
+    a, meta_a = ckpt.load(newest(whole))
+    b, meta_b = ckpt.load(newest(tmp_path / "stopped"))
+    assert sorted(a) == sorted(b) and meta_a["iteration"] == meta_b["iteration"]
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    assert meta_b["weights"] == meta_a["weights"] is not None
+    notes = [[line for line in (folder / "config.yaml").read_text().splitlines()
+              if line.startswith("#")] for folder in (whole, tmp_path / "stopped")]
+    assert notes[0] == notes[1] and len(notes[0]) == 4
 
 
 def test_a_parameter_of_another_shape_is_an_error_naming_it_and_both_shapes(source, tmp_path):
