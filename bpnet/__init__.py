@@ -5,7 +5,8 @@ The public API, loaded on first use so that importing bpnet (and ``bpnet --help`
     load_config(path, overrides)      -> resolved config (dicts)
     build_net(cfg, n_in, dtype)       -> Net
     open_session(cfg, source)         -> Session: config, datasets, network
-    train(config, out, overrides...)  -> (run folder, metrics rows)
+    train(config, out, overrides...)  -> (run folder, metrics rows); weights= to fine-tune
+    load_trained(run, splits)         -> (Session holding the trained network, checkpoint path)
     evaluate_run(run, data)           -> {"loss", "accuracy", "n", "confusion", ...}
     gradcheck(config, ...)            -> gradient_check.Report
     check_net / check_layer / check_loss  (gradient checks on objects)
@@ -18,8 +19,8 @@ __version__ = "0.1.0"
 
 _API = {
     "load_config": "config", "resolve": "config", "build_net": "build", "Net": "net",
-    "open_session": "session", "evaluate": "session", "train": "api", "evaluate_run": "api",
-    "predict_file": "api", "gradcheck": "api", "check_net": "gradient_check",
+    "open_session": "session", "evaluate": "session", "train": "api", "load_trained": "api",
+    "evaluate_run": "api", "predict_file": "api", "gradcheck": "api", "check_net": "gradient_check",
     "check_layer": "gradient_check", "check_loss": "gradient_check", "LAYERS": "layers", "LOSSES": "losses",
     "Solver": "solver", "BpnetError": "errors",
     "info": "diagnostics", "time_net": "diagnostics", "init_stats": "initstats",

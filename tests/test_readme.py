@@ -27,3 +27,5 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     assert namespace["report"].passed
     assert namespace["rows"][-1]["test_acc"] > 0.9
     assert (tmp_path / "runs" / "api" / "metrics.csv").is_file()
+    assert namespace["probs"].shape == (100, 10)
+    assert namespace["tuned_rows"][-1]["test_acc"] > 0.9
