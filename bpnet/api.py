@@ -88,11 +88,6 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
 def load_run(path, overrides=()):
     """(resolved config, its path, checkpoint path) for a run folder or a checkpoint in one."""
     path = Path(path)
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
-        hint = (f"give the run folder {path.parent}" if (path.parent / "checkpoints").is_dir()
-                else "train it first (bpnet train CONFIG) and give the run folder")
-        raise BpnetError(f"is a config file, not a checkpoint or run folder; {hint}",
-                         source=path)
     found = ckpt.find(path)
     run_dir = path if path.is_dir() else found.parent.parent
     config = run_dir / "config.yaml"

@@ -193,6 +193,11 @@ def list_checkpoints(folder):
 def find(path):
     """The checkpoint a run folder or file names: the file itself, the run's best, or its newest."""
     path = Path(path)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        hint = (f"give the run folder {path.parent}" if (path.parent / "checkpoints").is_dir()
+                else "train it first (bpnet train CONFIG) and give the run folder")
+        raise CheckpointError(f"is a config file, not a checkpoint or run folder; {hint}",
+                              source=path)
     if path.is_file():
         return path
     folder = path / "checkpoints"

@@ -173,6 +173,12 @@ def test_a_checkpoint_sharing_no_parameter_name_is_an_error(source):
         copy_weights(net, run)
 
 
+def test_a_config_given_as_weights_says_to_give_its_run(source):
+    run, config = source
+    with pytest.raises(CheckpointError, match="is a config file, not a checkpoint or run folder"):
+        copy_weights(fresh_net(config), run / "config.yaml")
+
+
 def test_weights_with_resume_is_refused(source, tmp_path):
     run, config = source
     copy = shutil.copytree(run, tmp_path / "run")
