@@ -196,6 +196,14 @@ def test_a_signal_during_the_end_of_an_epoch_stops_after_it(mnist_config, tmp_pa
     assert final_state(run)[1]["epoch"] == epoch
 
 
+def interrupted_training(config, run):
+    """Train CONFIG for 3 epochs into ``run``, expecting a stop by SIGINT; returns the error."""
+    result = bpnet("train", config, "--out", run, "--quiet", "--set", "solver.epochs=3", ok=False)
+    error = result.exception
+    assert isinstance(error, train_module.Interrupted) and error.exit_code == 130, error
+    return error
+
+
 def test_a_second_signal_while_the_checkpoint_is_written_lets_it_complete(mnist_config, tmp_path,
                                                                          monkeypatch):
     """Ctrl-C twice in quick succession: the second came while the stop's checkpoint was being
@@ -210,10 +218,7 @@ def test_a_second_signal_while_the_checkpoint_is_written_lets_it_complete(mnist_
     monkeypatch.setattr(train_module.ckpt, "save", save_with_a_second_signal)
     stop_at(monkeypatch, 21)
     run = tmp_path / "run"
-    result = bpnet("train", mnist_config(), "--out", run, "--quiet", "--set", "solver.epochs=3",
-                   ok=False)
-    error = result.exception
-    assert isinstance(error, train_module.Interrupted) and error.exit_code == 130, error
+    error = interrupted_training(mnist_config(), run)
     assert "SIGINT in epoch 2 at batch 5 of 16, iteration 21; checkpoint" in str(error)
     assert final_state(run)[1]["iteration"] == 21
     assert not list((run / "checkpoints").glob(".*"))  # no temporary file left behind
@@ -233,10 +238,7 @@ def test_a_second_signal_in_mid_epoch_stops_at_once_keeping_the_checkpoints(mnis
 
     monkeypatch.setattr(train_module, "Solver", TwiceAt)
     run = tmp_path / "run"
-    result = bpnet("train", mnist_config(), "--out", run, "--quiet", "--set", "solver.epochs=3",
-                   ok=False)
-    error = result.exception
-    assert isinstance(error, train_module.Interrupted) and error.exit_code == 130, error
+    error = interrupted_training(mnist_config(), run)
     assert "a second SIGINT: stopped at once" in str(error)
     assert final_state(run)[1]["iteration"] == 16  # epoch 1's checkpoint, whole
     bpnet("train", "--resume", run, "--quiet")
