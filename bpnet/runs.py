@@ -44,11 +44,13 @@ def claimed(run_dir, new):
     """The run folder, held by this process alone while the block runs (a lock on its
     .bpnet-lock), so that two bpnet processes never write one run. A new run's folder is
     checked under the lock: it must hold nothing, or only what a kill left before its config
-    was written; a folder refused keeps no lock file of ours."""
+    was written. A folder refused keeps no lock file of ours, and a new run that fails before
+    its config.yaml is written (a missing data file, say) leaves no folder behind."""
     try:
         if run_dir.exists() and not run_dir.is_dir():
             raise BpnetError("is a file, not a folder for a run; choose another --out or name",
                              source=run_dir)
+        made_dirs = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise BpnetError(f"cannot write the output folder: {e.strerror or e}",
@@ -66,7 +68,25 @@ def claimed(run_dir, new):
             if made:
                 path.unlink(missing_ok=True)
             raise
-        yield
+        try:
+            yield
+        except BaseException:  # Ctrl-C while the data loads too
+            if new and not (run_dir / "config.yaml").exists():
+                _remove_unstarted(run_dir, made_dirs, lock=path if made else None)
+            raise
+
+
+def _remove_unstarted(run_dir, made_dirs, lock):
+    """Undo what a new run made before it started: the lock file (while still held), an empty
+    checkpoints/, and the folders made for it that are empty now; never anything else."""
+    try:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+        for folder in (run_dir / "checkpoints", *made_dirs):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    except OSError:  # what is left is what a kill would leave: the next start clears it
+        pass
 
 
 def refuse_run_file(path, error=BpnetError):

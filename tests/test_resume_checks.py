@@ -617,6 +617,33 @@ def test_a_folder_with_anything_else_in_it_is_refused_for_a_new_run(tmp_path, na
     assert not (run / ".bpnet-lock").exists()  # a refused folder keeps nothing of ours
 
 
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_new_run_that_fails_before_it_starts_leaves_no_folder_of_its_own(tmp_path, existed):
+    config = write_tiny(tmp_path)
+    (tmp_path / "train.npz").unlink()  # the data is missing: found only once the folder is held
+    run = tmp_path / "runs" / "run"
+    if existed:
+        run.mkdir(parents=True)
+    with pytest.raises(DataError, match="train.npz"):
+        api.train(config, out=run, quiet=True)
+    # a folder the user made stays, empty; the ones made for the run go
+    assert run.is_dir() == existed and not (run.exists() and any(run.iterdir()))
+    assert (tmp_path / "runs").exists() == existed
+    tiny_runs.write_tiny(tmp_path)  # and the folder takes the run once the data is back
+    api.train(config, out=run, quiet=True)
+    assert (run / "config.yaml").is_file()
+
+
+def test_a_failed_start_leaves_what_the_user_put_beside_the_run_alone(tmp_path):
+    config = write_tiny(tmp_path)
+    (tmp_path / "train.npz").unlink()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        api.train(config, out=tmp_path / "runs" / "run", quiet=True)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: os.mkfifo(p)],
                          ids=["folder", "fifo"])
 def test_a_lock_file_that_is_no_regular_file_is_one_line_naming_it(tmp_path, make):
