@@ -13,8 +13,7 @@ from .errors import BpnetError, ConfigError
 from .resume_checks import recorded_input_width
 from .files import replacing
 from .run_data import SPLITS, dataset_for, input_files
-from .runs import (claimed, is_run, recorded_weights, refuse_run_file, remove_stale_temps,
-                   run_folder, save_config)
+from .runs import claimed, is_run, refuse_run_file, remove_stale_temps, run_folder, save_config
 
 def set_threads(n):
     """Limit BLAS to ``n`` threads (0 leaves the default). bpnet's own kernels are serial."""
@@ -35,7 +34,7 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
     """
     from .session import open_session
     from .trainer import Trainer
-    from .weights import start_from
+    from .weights import start_again, start_from
 
     if resume is not None and weights is not None:
         raise ConfigError("starts a new run from trained weights, and a resumed run goes on from "
@@ -76,9 +75,9 @@ def train(config=None, out=None, overrides=(), resume=None, quiet=False, progres
                 log(f"resuming {run_dir} from {found[-1].name}: {trainer.place()}")
             else:  # stopped before its first checkpoint: nothing was lost but time
                 log(f"{run_dir} has no checkpoint yet; training from the start")
-                weights = recorded_weights(run_dir)  # the start of a run begun with --weights
+                trainer.weights = start_again(session.net, run_dir, log)
             trainer.keep_best(run_dir / "checkpoints" / "best.npz")
-        if weights is not None:
+        elif weights is not None:
             trainer.weights = start_from(session.net, weights, log)
         (run_dir / "checkpoints").mkdir(exist_ok=True)  # first: with config.yaml it marks a run
         save_config(cfg, run_dir, weights=trainer.weights)

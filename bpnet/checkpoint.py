@@ -38,10 +38,11 @@ def save(path, arrays, meta):
         np.savez(f, **payload)
 
 
-def load(path):
-    """(arrays without ``meta``, meta dict) from a checkpoint, or a CheckpointError."""
+def load(path, digest=None):
+    """(arrays without ``meta``, meta dict) from a checkpoint, or a CheckpointError.
+    ``digest``: a hashlib object to feed the bytes read (see ``files.npz_archive``)."""
     path = Path(path)
-    with npz_archive(path, CheckpointError) as z:
+    with npz_archive(path, CheckpointError, digest) as z:
         arrays = {k: z[k] for k in z.files}
     try:
         meta = json.loads(str(arrays.pop("meta")))
@@ -122,9 +123,25 @@ OPTIONAL_META_CHECKS = {
     "resumed_at": (lambda v: v is None or (isinstance(v, list) and len(v) == 2 and is_finite(v[0])
                                            and 0 <= v[0] <= 1 and is_count(v[1])),
                    "null or [clock, batch]"),
-    "weights": (lambda v: v is None or isinstance(v, str), "null or the path of a checkpoint"),
+    "weights": (lambda v: v is None or isinstance(v, str) or is_weights_record(v),  # str: earlier
+                "null or the path and sha256 of a checkpoint"),
 }
 SUMS = ("loss", "correct", "units", "samples", "skipped", "seconds", "lr")
+
+
+def is_weights_record(v):
+    """Whether ``v`` is the record of the checkpoint a run's weights started from, as
+    ``weights.start_from`` makes it: {"path": str, "sha256": 64 hex digits, or null where an
+    earlier version recorded the path alone}."""
+    return (isinstance(v, dict) and set(v) == {"path", "sha256"} and isinstance(v["path"], str)
+            and (v["sha256"] is None or (isinstance(v["sha256"], str)
+                                         and re.fullmatch(r"[0-9a-f]{64}", v["sha256"]) is not None)))
+
+
+def weights_record(v):
+    """Meta's or config.yaml's ``weights`` as a record (see ``is_weights_record``); an earlier
+    version's bare path becomes one whose digest is not known."""
+    return {"path": v, "sha256": None} if isinstance(v, str) else v
 
 
 def check_meta(meta, path, columns):

@@ -109,10 +109,11 @@ def open_regular(path, flags, mode):
 
 
 @contextmanager
-def npz_archive(path, error=BpnetError):
+def npz_archive(path, error=BpnetError, digest=None):
     """An .npz file opened without pickle, as numpy's NpzFile. Whatever goes wrong opening it
     or reading it in the block becomes ``error`` naming ``path``, never numpy's advice to
-    load with allow_pickle, which bpnet never does."""
+    load with allow_pickle, which bpnet never does. ``digest``, a hashlib object, is fed the
+    file's bytes after the block: those of the file read, even if a save replaced it since."""
     try:
         with open_regular(path, os.O_RDONLY, "rb") as f:
             magic = f.read(6)
@@ -123,6 +124,10 @@ def npz_archive(path, error=BpnetError):
                 raise error("not an .npz archive: no zip archive inside", source=path)
             with np.load(f, allow_pickle=False) as z:
                 yield z
+            if digest is not None:
+                f.seek(0)
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
     except FileNotFoundError:
         raise error("file not found", source=path) from None
     except IsADirectoryError:

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from . import files
+from .checkpoint import is_weights_record, weights_record
 from .errors import BpnetError, ConfigError
 
 # what bpnet writes in a run folder and in its checkpoints/, by name or glob pattern
@@ -137,16 +138,17 @@ def remove_stale_temps(run_dir):
 
 
 # the config.yaml line of a run started from trained weights: a comment, since --weights is
-# no config key, and JSON-quoted (ASCII), so that no path breaks the line or the YAML
+# no config key, and JSON (ASCII), so that no path breaks the line or the YAML
 WEIGHTS_NOTE = "# weights: "
 
 
 def save_config(cfg, run_dir, weights=None):
     """config.yaml of the run: what it trained with, readable and reusable as a config, and
-    the checkpoint its weights started from (``weights``), if any."""
+    the checkpoint its weights started from (``weights``, a record made by
+    ``weights.start_from``), if any."""
     note = ""
     if weights is not None:
-        note = (f"{WEIGHTS_NOTE}{json.dumps(str(weights))}\n"
+        note = (f"{WEIGHTS_NOTE}{json.dumps(weights)}\n"
                 "# The run started from that checkpoint's parameters of the same names (bpnet "
                 "train\n# --weights), not from its initialisers alone; this config by itself does "
                 "not load them.\n")
@@ -156,18 +158,20 @@ def save_config(cfg, run_dir, weights=None):
 
 
 def recorded_weights(run_dir):
-    """The checkpoint a run's config.yaml says its weights started from, or None."""
+    """The record ({"path", "sha256"}) of the checkpoint a run's config.yaml says its weights
+    started from, or None."""
     with open(Path(run_dir) / "config.yaml", encoding="utf-8") as f:
         for line in f:
             if line.startswith(WEIGHTS_NOTE):
                 try:
-                    path = json.loads(line[len(WEIGHTS_NOTE):])
-                except ValueError:
-                    path = None
-                if not isinstance(path, str):
-                    raise BpnetError(f"the line {line.strip()!r} does not name a file in quotes",
+                    record = weights_record(json.loads(line[len(WEIGHTS_NOTE):]))
+                except (ValueError, RecursionError):
+                    record = None
+                if not is_weights_record(record):
+                    raise BpnetError(f"the line {line.strip()!r} does not give a file's path "
+                                     f"and sha256 as bpnet writes them",
                                      source=Path(run_dir) / "config.yaml")
-                return path
+                return record
             if not line.startswith("#"):
                 return None  # bpnet writes its notes above the config
     return None

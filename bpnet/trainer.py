@@ -53,7 +53,8 @@ class Trainer:
         self.order, self.rows, self.best_val, self.best = None, [], None, None
         self._reset_sums()
         self._signal, self._saving = None, False
-        self.weights = None  # the checkpoint the run's weights started from (--weights), if any
+        self.weights = None  # the checkpoint the run's weights started from (--weights), if
+        # any: its path and sha256, as weights.start_from records them
 
     # ----- the loop ---------------------------------------------------------------------------
 
@@ -358,7 +359,7 @@ class Trainer:
                 raise CheckpointError(f"corrupt checkpoint: meta 'resumed_at' is after its batch "
                                       f"position {position}", source=path)
         self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
-        self.weights = meta.get("weights")
+        self.weights = ckpt.weights_record(meta.get("weights"))
         self.shuffle_rng.bit_generator.state = shuffle_state
         self.net.dropout_rng.bit_generator.state = dropout_state
         self.order = order

@@ -149,6 +149,8 @@ BAD_ENTRIES = [
     (lambda a, m: m["sums"].__setitem__("loss", 10 ** 400), "'sums'"),
     (_set("iteration", 2 ** 63), "'iteration'"),
     (_array("solver/steps", np.array(2 ** 63 - 1)), "'steps'"),
+    (_set("weights", {"path": 3, "sha256": None}), "'weights'"),
+    (_set("weights", {"path": "a.npz", "sha256": "not hex"}), "'weights'"),
 ]
 
 

@@ -2,6 +2,7 @@
 exactly, the others left to their initialisers, only the weights taken, the source recorded,
 and every mistake one line."""
 
+import hashlib
 import json
 import shutil
 
@@ -45,8 +46,9 @@ def fresh_net(config, *overrides, dtype=np.float32):
 def test_every_parameter_of_the_same_name_is_copied_exactly(source, dtype):
     run, config = source
     net = fresh_net(config, dtype=dtype)
-    found, taken, kept = copy_weights(net, run)
+    found, sha256, taken, kept = copy_weights(net, run)
     assert found == run / "checkpoints" / "best.npz"  # a run folder means its best
+    assert sha256 == hashlib.sha256(found.read_bytes()).hexdigest()
     assert taken == ["fc1.W", "fc1.b", "fc2.W", "fc2.b"] and kept == []
     for name, a in params(found).items():
         assert net.params[name].data.dtype == dtype
@@ -66,7 +68,7 @@ def test_a_renamed_last_layer_keeps_its_initialiser_and_trains(source, tmp_path)
     change = ["net.layers[3].name=head", "net.layers[3].out=4", "net.layers[0].lr_mult=0"]
     net = fresh_net(config, *change)
     initial = net.state_dict()
-    _, taken, kept = copy_weights(net, run)
+    _, _, taken, kept = copy_weights(net, run)
     assert taken == ["fc1.W", "fc1.b"] and kept == ["head.W", "head.b"]
     assert np.array_equal(net.params["head.W"].data, initial["head.W"])
     assert np.array_equal(net.params["head.W"].data, fresh_net(config, *change).params["head.W"].data)
@@ -105,11 +107,12 @@ def test_only_the_weights_are_taken(source, tmp_path):
 def test_the_run_records_where_its_weights_came_from(source, tmp_path):
     run, config = source
     out, _ = api.train(config, out=tmp_path / "tuned", weights=run, quiet=True)
-    best = str((run / "checkpoints" / "best.npz").resolve())
+    best = run / "checkpoints" / "best.npz"
+    record = {"path": str(best.resolve()), "sha256": hashlib.sha256(best.read_bytes()).hexdigest()}
     for path in (out / "checkpoints").iterdir():
-        assert ckpt.load(path)[1]["weights"] == best, path.name
+        assert ckpt.load(path)[1]["weights"] == record, path.name
     text = (out / "config.yaml").read_text()
-    assert f"# weights: {json.dumps(best)}\n" in text
+    assert f"# weights: {json.dumps(record)}\n" in text
     assert load_config(out / "config.yaml") == load_config(config, [])  # a comment, no key
     plain, _ = api.train(config, out=tmp_path / "plain", quiet=True)
     assert ckpt.load(newest(plain))[1]["weights"] is None
@@ -148,6 +151,76 @@ def test_a_run_from_weights_stopped_and_resumed_equals_one_run(source, tmp_path,
     notes = [[line for line in (folder / "config.yaml").read_text().splitlines()
               if line.startswith("#")] for folder in (whole, tmp_path / "stopped")]
     assert notes[0] == notes[1] and len(notes[0]) == 4
+
+
+def started_then_killed(source, tmp_path):
+    """A run begun from a copy of the source run's weights and killed in its first epoch,
+    before any checkpoint; returns the run and the checkpoint its weights came from."""
+    run = shutil.copytree(source[0], tmp_path / "source")
+    out, _ = api.train(source[1], out=tmp_path / "tuned", weights=run, quiet=True)
+    for path in (out / "checkpoints").iterdir():
+        path.unlink()
+    (out / "metrics.csv").unlink()
+    return out, run / "checkpoints" / "best.npz"
+
+
+def test_a_restart_refuses_weights_that_changed_since_the_run_began(source, tmp_path):
+    """Retrained in place, say: the run would start again from other weights, without a word."""
+    out, best = started_then_killed(source, tmp_path)
+    before = (out / "config.yaml").read_bytes()
+    first = ckpt.list_checkpoints(source[0] / "checkpoints")[0]  # epoch 1's
+    shutil.copy(first, best)  # a checkpoint of the same network, with other weights
+    with pytest.raises(CheckpointError, match=r"has changed since the run started from it "
+                       r"\(sha256 [0-9a-f]{12}\.\.\., now [0-9a-f]{12}\.\.\.\)") as info:
+        api.train(resume=out, quiet=True)
+    assert info.value.source == str(best.resolve())
+    assert f"the run {out} started from it" in str(info.value)
+    assert (out / "config.yaml").read_bytes() == before and not list((out / "checkpoints").iterdir())
+
+
+def test_a_restart_whose_weights_are_gone_says_where_they_were_named(source, tmp_path):
+    out, best = started_then_killed(source, tmp_path)
+    best.unlink()
+    proc = bpnet("train", "--resume", out)
+    assert_clean_error(proc, str(best.resolve()), "(the weights line of its config.yaml)")
+
+
+def test_a_run_recorded_with_the_path_alone_restarts_without_the_digest(source, tmp_path):
+    """An earlier bpnet recorded the path alone, in config.yaml and in its checkpoints."""
+    out, best = started_then_killed(source, tmp_path)
+    config = out / "config.yaml"
+    record = json.dumps({"path": str(best.resolve()), "sha256": hashlib.sha256(best.read_bytes()).hexdigest()})
+    config.write_text(config.read_text().replace(record, json.dumps(str(best.resolve()))))
+    api.train(resume=out, quiet=True)  # and records the digest from now on
+    assert ckpt.load(newest(out))[1]["weights"] == json.loads(record)
+    assert f"# weights: {record}\n" in config.read_text()
+
+
+def test_a_checkpoint_recording_the_path_alone_resumes(source, tmp_path, monkeypatch):
+    run = tmp_path / "tuned"
+    tiny_runs.stop_at(monkeypatch, 7)
+    with pytest.raises(train_module.Interrupted):
+        api.train(source[1], out=run, weights=source[0], quiet=True)
+    monkeypatch.undo()
+    path = newest(run)
+    arrays, meta = ckpt.load(path)
+    meta["weights"] = meta["weights"]["path"]  # as an earlier bpnet wrote it
+    ckpt.save(path, arrays, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    api.train(resume=run, quiet=True)
+    assert ckpt.load(newest(run))[1]["weights"] == {"path": meta["weights"], "sha256": None}
+
+
+@pytest.mark.parametrize("line", ['"unclosed', '{"path": 3, "sha256": null}', '["a.npz"]',
+                                  '{"path": "a.npz", "sha256": "abc"}'])
+def test_a_damaged_weights_line_is_one_line_naming_config_yaml(source, tmp_path, line):
+    out, _ = started_then_killed(source, tmp_path)
+    config = out / "config.yaml"
+    text = config.read_text().splitlines(keepends=True)
+    i = next(i for i, t in enumerate(text) if t.startswith("# weights: "))
+    text[i] = f"# weights: {line}\n"
+    config.write_text("".join(text))
+    assert_clean_error(bpnet("train", "--resume", out), f"{config}: ",
+                       "does not give a file's path and sha256")
 
 
 def test_a_parameter_of_another_shape_is_an_error_naming_it_and_both_shapes(source, tmp_path):
