@@ -1,9 +1,6 @@
-"""The training loop: shuffled batches, solver steps, per-epoch metrics, checkpoints, resume.
-
-Everything that decides the next step lives in the checkpoint (weights, solver state, the
-epoch's example order and position, generator states, schedule state), so a run stopped at
-any step boundary and resumed gives the same weights, bit for bit, as one that never stopped.
-"""
+"""The training loop: shuffled batches, solver steps, per-epoch metrics, the learning-rate
+clock, checkpoints when due, and a clean stop on Ctrl-C or SIGTERM. What a checkpoint holds
+and how a run resumes from one is ``run_state``'s."""
 
 import math
 import signal
@@ -14,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import resume_checks
+from . import run_state
 from .build import seeds
-from .errors import BpnetError, CheckpointError, ConfigError, DataError, DivergenceError
+from .errors import BpnetError, ConfigError, DataError, DivergenceError
 from .metrics import COLUMNS, format_row, write_metrics
 from .progress import EpochProgress
 from .session import evaluate
@@ -49,7 +46,7 @@ class Trainer:
             raise BpnetError("the newbob policy needs validation data: set data.val or "
                              "data.val_split", source=session.source, where="solver.lr_policy")
         self.epoch = self.iteration = self.position = 0
-        self.resumed_at = None  # (epoch fraction, batch) of a resume in mid-epoch, see _clock
+        self.resumed_at = None  # (epoch fraction, batch) of a resume in mid-epoch, see clock
         self.order, self.rows, self.best_val, self.best = None, [], None, None
         self._reset_sums()
         self._signal, self._saving = None, False
@@ -112,7 +109,7 @@ class Trainer:
                 self.sums["lr"] = self._checked_lr()
                 self.solver.step(self.sums["lr"], batches=pending)
             self.net.zero_grad()
-            # position advances with every update: the schedule reads it (see _lr)
+            # position advances with every update: the schedule reads it (see lr)
             pending, self.iteration, self.position = 0, self.iteration + 1, b + 1
             progress.batch_done(b)
             if self._signal is not None:
@@ -134,7 +131,7 @@ class Trainer:
             if self.s["on_nonfinite"] == "stop":
                 raise DivergenceError(
                     f"the loss became {loss} at epoch {self.epoch + 1}, iteration "
-                    f"{self.iteration + 1}; try a lower solver.lr (now {self._lr():g}) or "
+                    f"{self.iteration + 1}; try a lower solver.lr (now {self.lr():g}) or "
                     f"solver.clip_norm; checkpoints already written are intact",
                     source=self.session.source)
             self.sums["skipped"] += 1
@@ -191,13 +188,13 @@ class Trainer:
 
     # ----- learning rate, progress, signals --------------------------------------------------
 
-    def _lr(self):
-        """The rate of the next update (see _clock)."""
+    def lr(self):
+        """The rate of the next update (see clock)."""
         if self.newbob:
             return self.newbob.lr
-        return learning_rate(self.s, self.epoch + self._clock())
+        return learning_rate(self.s, self.epoch + self.clock())
 
-    def _clock(self):
+    def clock(self):
         """The share of this epoch done, as the schedule reads it. The clock counts updates,
         as Caffe's iterations, in epochs: updates done / updates per epoch. After a resume in
         mid-epoch with another batch_size or iter_size it starts where the checkpoint left it,
@@ -210,7 +207,7 @@ class Trainer:
         return then + (1 - then) * ((self.position - first) / iter_size) / left
 
     def _checked_lr(self):
-        lr = self._lr()
+        lr = self.lr()
         if not math.isfinite(lr):
             raise ConfigError(f"the {self.s['lr_policy']} policy's learning rate overflows in "
                               f"epoch {self.epoch + 1} (gamma {self.s['gamma']:g}); lower "
@@ -270,7 +267,7 @@ class Trainer:
 
     def _reset_sums(self):
         self.sums = {"loss": 0.0, "correct": 0, "units": 0, "samples": 0, "skipped": 0,
-                     "seconds": 0.0, "lr": self._lr()}
+                     "seconds": 0.0, "lr": self.lr()}
 
     def _check_finite(self):
         for name, p in self.net.params.items():
@@ -279,106 +276,19 @@ class Trainer:
                                       f"{self.epoch + 1}, iteration {self.iteration}; nothing was saved; "
                                       f"try a lower solver.lr", source=self.session.source)
 
-    # ----- state ------------------------------------------------------------------------------
-
-    def _snapshot(self):
-        return {**ckpt.prefixed(self.net.state_dict(), "param"),
-                **ckpt.prefixed({k: v.copy() for k, v in self.solver.state_arrays().items()}, "solver")}
-
-    def _restore(self, arrays, source=None):
-        self.net.load_state_dict(ckpt.with_prefix(arrays, "param"), source)
-        self.solver.load_state_arrays(ckpt.with_prefix(arrays, "solver"), source)
+    # ----- state: see run_state ---------------------------------------------------------------
 
     def _save(self, name):
         self._saving = True
         try:
-            return self._write_checkpoint(name)
+            return run_state.save(self, name)
         finally:
             self._saving = False
 
-    def _write_checkpoint(self, name):
-        arrays = self._snapshot()
-        if self.best is not None and self.newbob:
-            arrays.update(ckpt.prefixed(self.best, "best/param"))
-        if self.order is not None:
-            arrays["order"] = self.order
-        meta = {"epoch": self.epoch, "iteration": self.iteration, "position": self.position,
-                "lr": self._lr(), "rows": self.rows, "sums": self.sums, "best_val": self.best_val,
-                "shuffle_rng": self.shuffle_rng.bit_generator.state,
-                "dropout_rng": self.net.dropout_rng.bit_generator.state,
-                "newbob": self.newbob.state() if self.newbob else None,
-                "net": [dict(layer) for layer in self.cfg["net"]["layers"]],
-                "loss": self.cfg["net"]["loss"], "n_in": self.net.n_in,
-                "solver": self.s["type"], "batch_size": self.s["batch_size"],
-                "iter_size": self.s["iter_size"], "clock": self._clock(),
-                "resumed_at": None if self.resumed_at is None else list(self.resumed_at),
-                "weights": self.weights}
-        path = self.run_dir / "checkpoints" / name
-        ckpt.save(path, arrays, meta)
-        if name != "best.npz":
-            ckpt.prune(path.parent, self.cfg["checkpoint"]["keep"])
-        return path
-
     def resume(self, path):
-        """Continue from a checkpoint of this run. Everything read is checked before it is used:
-        a damaged file is a CheckpointError, a config that no longer fits it a ConfigError."""
-        path = Path(path)
-        arrays, meta = ckpt.load(path)
-        ckpt.check_meta(meta, path, COLUMNS)
-        resume_checks.check_fits(meta, self.cfg, self.net.n_in, path, self.session.source)
-        order = arrays.get("order")
-        if order is not None:  # first: a changed training set is no corrupt position
-            order = resume_checks.check_order(order, len(self.train_set), path, self.session.source)
-        position = resume_checks.position_for(meta, len(self.train_set), self.s["batch_size"], path,
-                                     self.session.source)
-        if order is None and position:
-            raise CheckpointError(f"corrupt checkpoint: stopped at batch {position} of an epoch "
-                                  f"but has no 'order'", source=path)
-        shuffle_state = resume_checks.check_generator_state(self.shuffle_rng, meta, "shuffle_rng", path)
-        dropout_state = resume_checks.check_generator_state(self.net.dropout_rng, meta, "dropout_rng", path)
-        if self.newbob and meta["newbob"] is not None:  # None: the run switches to newbob now
-            self.newbob.load_state(meta["newbob"], path)
-            if (self.newbob.stopped or 0) > meta["epoch"]:
-                raise CheckpointError(f"corrupt checkpoint: newbob stopped after epoch "
-                                      f"{self.newbob.stopped}, of {meta['epoch']} done",
-                                      source=path)
-            # checkpoints before the rollback cleared the momentum also hold best/solver/...
-            self.best = ckpt.with_prefix(arrays, "best/param")
-            try:  # loading the best weights checks them; the current ones then overwrite them
-                self.net.load_state_dict(self.best, path)
-            except CheckpointError as e:
-                raise CheckpointError(f"newbob's best weights: {e.detail}", source=path) from None
-        self._restore(arrays, path)
-        self.epoch, self.iteration, self.position = meta["epoch"], meta["iteration"], position
-        then = (meta.get("batch_size"), meta.get("iter_size"))
-        if position and "clock" in meta and then != (self.s["batch_size"], self.s["iter_size"]):
-            self.resumed_at = (meta["clock"], position)
-        elif position and meta.get("resumed_at") is not None:  # the clock of an earlier resume
-            self.resumed_at = tuple(meta["resumed_at"])
-            if self.resumed_at[1] > position:
-                raise CheckpointError(f"corrupt checkpoint: meta 'resumed_at' is after its batch "
-                                      f"position {position}", source=path)
-        self.rows, self.sums, self.best_val = meta["rows"], meta["sums"], meta["best_val"]
-        self.weights = ckpt.weights_record(meta.get("weights"))
-        self.shuffle_rng.bit_generator.state = shuffle_state
-        self.net.dropout_rng.bit_generator.state = dropout_state
-        self.order = order
-        write_metrics(self.run_dir, self.rows)
+        """Continue from a checkpoint of this run (see ``run_state.resume``)."""
+        run_state.resume(self, path)
 
     def keep_best(self, path):
-        """Let the run's ``best.npz`` at ``path``, if any, set the bar for replacing it: a
-        resume may start from an older checkpoint (``checkpoint.every`` > 1, or none yet) than
-        the epoch that saved it, and must not put a worse network in its place."""
-        path = Path(path)
-        if not path.is_file():
-            return
-        try:
-            _, meta = ckpt.load(path)
-            ckpt.check_meta(meta, path, COLUMNS)
-        except CheckpointError as e:  # never replaced unread: it may be the only copy of a net
-            raise CheckpointError(f"{e.detail}; the resume would replace it unless beaten, so "
-                                  f"it must be read: move it away to resume without it",
-                                  source=path) from None
-        if meta["best_val"] is not None and (self.best_val is None
-                                             or meta["best_val"] < self.best_val):
-            self.best_val = meta["best_val"]
+        """Keep the run's ``best.npz`` unless beaten (see ``run_state.keep_best``)."""
+        run_state.keep_best(self, path)

@@ -420,7 +420,7 @@ def test_a_second_resume_with_the_same_settings_keeps_the_clock_of_the_first(run
     path = first._save(ckpt.checkpoint_name(first.iteration))
     again = _trainer(run, "solver.epochs=3", "solver.iter_size=3")
     again.resume(path)
-    assert again._clock() == first._clock() == 3 / 13 + (1 - 3 / 13) / 4
+    assert again.clock() == first.clock() == 3 / 13 + (1 - 3 / 13) / 4
 
 
 def _trainer(run, *overrides):
