@@ -4,44 +4,14 @@ Nothing heavy is imported at module level, so ``bpnet --help`` answers at once; 
 numba load only when a command runs.
 """
 
-import functools
 import gc
 import math
-import os
 import sys
 
 import click
 
-from .errors import BpnetError, ConfigError
-
-
-def _threads(ctx, param, value):
-    # Set before numpy loads BLAS, so the limit holds from the first product on.
-    if value:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            os.environ[var] = str(value)
-    return value
-
-
-# max is config.MAX_THREADS, written out so that `bpnet --help` need not import yaml
-THREADS = click.option("--threads", type=click.IntRange(min=0, max=1024), callback=_threads,
-                       is_eager=True,
-                       help="BLAS threads (default or 0: the config's threads, else all cores).")
-_SET_OPTION = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="Override a config key, e.g. --set solver.lr=0.1 (repeatable).")
-
-
-def set_option(command):
-    """The --set option; an error about a key it set, found however late (a resume's checks,
-    building the net), says the value came from the command line, not from the file."""
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except ConfigError as e:
-            from .overrides import with_override_note
-            raise with_override_note(e, kwargs["overrides"]) from None
-    return _SET_OPTION(run)
+from .cli_options import THREADS, comma_list, positive_finite, positive_float, set_option
+from .errors import BpnetError
 
 
 # invoke_without_command: a bare `bpnet` prints the help and succeeds, as pip does; click's own
@@ -153,22 +123,15 @@ def predict(run, data, out):
     click.echo(f"wrote {len(table)} predictions to {out}")
 
 
-def _positive_finite(ctx, param, value):
-    # click's FloatRange lets NaN through: every comparison with NaN is False
-    if not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"found {value:g}, expected a positive finite number")
-    return value
-
-
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--random", is_flag=True, help="Random inputs and targets instead of the data.")
 @click.option("--layer", help="Check this layer alone, under L = sum(y * r).")
 @click.option("--samples", type=click.IntRange(min=1),
               help="Check N random elements per tensor instead of all.")
-@click.option("--eps", type=float, callback=_positive_finite, default=1e-6, show_default=True,
+@click.option("--eps", type=float, callback=positive_finite, default=1e-6, show_default=True,
               help="Finite-difference step.")
-@click.option("--tol", type=float, callback=_positive_finite, default=1e-6, show_default=True,
+@click.option("--tol", type=float, callback=positive_finite, default=1e-6, show_default=True,
               help="Pass if abs(a - n) <= tol * max(abs(a), abs(n), 1).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True)
@@ -188,27 +151,6 @@ def gradcheck(config, random, layer, samples, eps, tol, seed, batch, as_json, ov
 
 
 # ----- seeing inside the network: info, time, init-stats, plot ---------------------------------
-
-def _comma_list(convert, what):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            items = [convert(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"found {value!r}, expected {what} separated by commas")
-        if not items:
-            raise click.BadParameter(f"expected {what} separated by commas")
-        return items
-    return parse
-
-
-def _positive_float(text):
-    v = float(text)
-    if not v > 0 or v == float("inf"):
-        raise ValueError(text)
-    return v
-
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True))
@@ -248,10 +190,10 @@ def time_(config, iterations, batch, as_json, overrides, threads):
 
 @cli.command(name="init-stats")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--init", "inits", callback=_comma_list(str, "initialiser names"),
+@click.option("--init", "inits", callback=comma_list(str, "initialiser names"),
               metavar="NAME[,NAME...]", help="Put these initialisers (he, xavier, lecun...) on "
               "every affine layer, one run each.")
-@click.option("--sweep", "variances", callback=_comma_list(_positive_float, "positive numbers"),
+@click.option("--sweep", "variances", callback=comma_list(positive_float, "positive numbers"),
               metavar="V[,V...]", help="Gaussian weights of these variances on every affine "
               "layer, one run each, e.g. 0.001,0.01,0.02,0.1,1.0.")
 @click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True)
