@@ -99,6 +99,38 @@ def _adam_update(rng, d):
             np.array([1e-4, 0.1, 0.0, 0.0], d))
 
 
+def _sparse_rows(rng, d, n=12, dense=5):
+    """A batch mostly of zeros, its column order, and room for its split."""
+    x = rng.standard_normal((ROWS, n)).astype(d) * (rng.random((ROWS, n)) < 0.3)
+    columns = rng.permutation(n).astype(np.int64)
+    split = (np.zeros((ROWS, dense), d), np.zeros(ROWS + 1, np.int64),
+             np.zeros(ROWS * (n - dense), np.int64), np.zeros(ROWS * (n - dense), d))
+    return x, columns, np.int64(dense), split
+
+
+def _split_columns(rng, d):
+    x, columns, dense, split = _sparse_rows(rng, d)
+    return (x, columns, dense, *split)
+
+
+def _tail_args(rng, d):
+    x, columns, dense, split = _sparse_rows(rng, d)
+    reference.split_columns(x, columns, dense, *split)
+    return dense, split[1:]
+
+
+def _add_tail_products(rng, d):
+    dense, (starts, tail_k, tail_v) = _tail_args(rng, d)
+    return starts, tail_k, tail_v, rng.standard_normal((12, 4)).astype(d), \
+        rng.standard_normal((ROWS, 4)).astype(d)
+
+
+def _tail_weight_grad(rng, d, overwrite):
+    dense, (starts, tail_k, tail_v) = _tail_args(rng, d)
+    return (starts, tail_k, tail_v, rng.standard_normal((ROWS, 4)).astype(d),
+            rng.standard_normal((12, 4)).astype(d), dense, overwrite)
+
+
 CASES = {
     "act_forward": [(f"{k}", lambda r, d, c=c: _act_forward(r, d, c)) for k, c in KINDS.items()],
     "bias_act_forward": [(k, lambda r, d, c=c: _bias_act_forward(r, d, c)) for k, c in KINDS.items()],
@@ -116,6 +148,10 @@ CASES = {
     "sgd_update": [("momentum", lambda r, d: _sgd_update(r, d, False)),
                    ("nesterov", lambda r, d: _sgd_update(r, d, True))],
     "adam_update": [("", _adam_update)],
+    "split_columns": [("", _split_columns)],
+    "add_tail_products": [("", _add_tail_products)],
+    "tail_weight_grad": [("overwrite", lambda r, d: _tail_weight_grad(r, d, True)),
+                         ("add", lambda r, d: _tail_weight_grad(r, d, False))],
 }
 
 

@@ -16,7 +16,7 @@ from .codes import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH
 NAMES = (
     "act_forward", "bias_act_forward", "act_backward", "act_backward_bias_grad", "column_sum",
     "softmax_xent", "softmax", "sigmoid_xent", "squared_error", "gather_scale",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "split_columns", "add_tail_products", "tail_weight_grad",
 )
 
 

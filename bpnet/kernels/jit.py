@@ -333,3 +333,65 @@ def adam_update(w, g, m, v, bounds, rates, beta1, beta2, eps, decays):
     for k in range(rates.shape[0]):
         a, b = bounds[k], bounds[k + 1]
         _adam_span(w[a:b], g[a:b], m[a:b], v[a:b], rates[k], beta1, beta2, eps, decays[k])
+
+
+# ----- the first layer over inputs that are mostly zero (see sparse_input.py) ------------------
+
+@kernel
+def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
+    """Split x's columns as ``columns`` orders them: xd[i, j] = x[i, columns[j]] for the first
+    ``dense``, and row i's nonzeros among the others as (k, v) pairs, k the position in
+    ``columns``, in tail_k/tail_v[starts[i]:starts[i + 1]]. Returns how many there are.
+
+    x: (batch, n) C, columns: (n,) int64, xd: (batch, dense), starts: (batch + 1,) int64,
+    tail_k: int64 and tail_v: x's dtype, (batch * (n - dense),) or longer. NaN counts as nonzero.
+    """
+    count = 0
+    for i in range(x.shape[0]):
+        starts[i] = count
+        xi, di = x[i], xd[i]
+        for j in range(dense):
+            di[j] = xi[columns[j]]
+        for k in range(dense, columns.shape[0]):
+            v = xi[columns[k]]
+            if v != 0:
+                tail_k[count] = k
+                tail_v[count] = v
+                count += 1
+    starts[x.shape[0]] = count
+    return count
+
+
+@kernel(inline="always")
+def _add_scaled(v, row, out):
+    """out += v * row, for two rows of one length."""
+    for c in range(out.shape[0]):
+        out[c] += v * row[c]
+
+
+@kernel
+def add_tail_products(starts, tail_k, tail_v, wt, y):
+    """y[i] += v * wt[k] for each pair (k, v) of row i (see split_columns).
+
+    wt: (n, n_out) C, the rows of W^T in ``columns`` order; y: (batch, n_out) C.
+    """
+    for i in range(y.shape[0]):
+        for e in range(starts[i], starts[i + 1]):
+            _add_scaled(tail_v[e], wt[tail_k[e]], y[i])
+
+
+@kernel
+def tail_weight_grad(starts, tail_k, tail_v, dz, gt, dense, overwrite):
+    """gt[k] (+)= v * dz[i] for each pair (k, v) of row i, into rows ``dense`` on of gt (the
+    gradient of W^T, rows in ``columns`` order), which are zeroed first if ``overwrite``.
+
+    dz: (batch, n_out) C, gt: (n, n_out) C.
+    """
+    if overwrite:
+        for k in range(dense, gt.shape[0]):
+            gk = gt[k]
+            for c in range(gk.shape[0]):
+                gk[c] = 0
+    for i in range(dz.shape[0]):
+        for e in range(starts[i], starts[i + 1]):
+            _add_scaled(tail_v[e], dz[i], gt[tail_k[e]])

@@ -103,3 +103,28 @@ def adam_update(w, g, m, v, bounds, rates, beta1, beta2, eps, decays):
         m_[...] = beta1 * m_ + (1 - beta1) * g_
         v_[...] = beta2 * v_ + (1 - beta2) * g_ * g_
         w_ -= lr_t * m_ / (np.sqrt(v_) + eps)
+
+
+def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
+    xd[...] = x[:, columns[:dense]]
+    tail = x[:, columns[dense:]]
+    rows, ks = np.nonzero(tail != 0)  # row-major order, as the kernel walks them
+    count = len(rows)
+    tail_k[:count] = ks + dense
+    tail_v[:count] = tail[rows, ks]
+    starts[...] = np.searchsorted(rows, np.arange(x.shape[0] + 1))
+    return count
+
+
+def add_tail_products(starts, tail_k, tail_v, wt, y):
+    rows = np.repeat(np.arange(y.shape[0]), np.diff(starts))
+    n = starts[-1]
+    np.add.at(y, rows, tail_v[:n, None] * wt[tail_k[:n]])
+
+
+def tail_weight_grad(starts, tail_k, tail_v, dz, gt, dense, overwrite):
+    if overwrite:
+        gt[dense:] = 0
+    rows = np.repeat(np.arange(dz.shape[0]), np.diff(starts))
+    n = starts[-1]
+    np.add.at(gt, tail_k[:n], tail_v[:n, None] * dz[rows])
