@@ -95,6 +95,13 @@ class Net:
         self._x = None
         self.dropout_rng = None
 
+    def use_stage(self, i, stage):
+        """Run stage ``i`` (the layers it covers, as planned) by ``stage`` instead, which covers
+        the same layers (see ``sparse_input``)."""
+        if stage.layers != self._stages[i].layers:
+            raise ValueError(f"stage {i} runs {self._stages[i].layers}, not {stage.layers}")
+        self._stages[i] = stage
+
     # ----- training ---------------------------------------------------------------------------
 
     def forward(self, x, t, train=True):
@@ -159,7 +166,7 @@ class Net:
 
     def state_dict(self):
         """Parameter arrays by name (copies)."""
-        return {name: p.data.copy() for name, p in self.params.items()}
+        return {name: p.value() for name, p in self.params.items()}
 
     def load_state_dict(self, arrays, source=None, strict=True):
         """Copy arrays into the parameters and return the names copied. Every name must be
@@ -182,7 +189,7 @@ class Net:
                                       f"{p.data.shape} in this network", source=source)
             cast[name] = as_finite(a, p.data.dtype, f"parameter {name!r}", source)
         for name, a in cast.items():
-            self.params[name].data[...] = a
+            self.params[name].assign(a)
         return list(cast)
 
     def astype(self, dtype):

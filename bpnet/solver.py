@@ -105,8 +105,10 @@ class Solver:
         return self._grad
 
     def state_arrays(self):
-        """The state as a flat dict: ``fc1.W/v`` -> array, plus ``steps``."""
-        out = {f"{name}/{slot}": a for name, slots in self.state.items() for slot, a in slots.items()}
+        """The state as a flat dict: ``fc1.W/v`` -> array, plus ``steps``; each array in its
+        parameter's own order (see ``Param.natural``)."""
+        out = {f"{name}/{slot}": self.params[name].natural(a)
+               for name, slots in self.state.items() for slot, a in slots.items()}
         out["steps"] = np.array(self.steps, np.int64)
         return out
 
@@ -140,7 +142,7 @@ class Solver:
                                   f"non-negative integer scalar", source=source)
         for name, slots in self.state.items():
             for slot, a in slots.items():
-                a[...] = cast[f"{name}/{slot}"]
+                a[...] = self.params[name].stored(cast[f"{name}/{slot}"])
         self.steps = int(steps)
 
 

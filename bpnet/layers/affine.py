@@ -50,17 +50,25 @@ class Affine(Layer):
         return self.W.data.shape[0]
 
     def _forward(self, x, y, train):
-        np.matmul(x, self.W.data.T, out=y)
+        np.matmul(self._in_order(x), self.W.data.T, out=y)
         kernels.jit.bias_act_forward(y, self.b.data, IDENTITY, self.dtype.type(0))
         if train:
             self._cache = (x,)
 
     def _backward(self, dy, dx):
         (x,) = self._cache
-        self.W.add_matmul(dy.T, x)
+        self.W.add_matmul(dy.T, self._in_order(x))
         kernels.jit.column_sum(dy, *self.b.grad_for_write())
         if dx is not None:
-            np.matmul(dy, self.W.data, out=dx)
+            if self.W.columns is None:
+                np.matmul(dy, self.W.data, out=dx)
+            else:
+                dx[:, self.W.columns] = dy @ self.W.data
+
+    def _in_order(self, x):
+        """x with its columns in the order W keeps them (see ``Param.permute_columns``: in a
+        net, its sparse-input stage runs such a layer; this serves the layer's own API)."""
+        return x if self.W.columns is None else x[:, self.W.columns]
 
     def flops(self):
         macs = self.n_in * self.n_out
