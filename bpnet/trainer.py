@@ -18,6 +18,7 @@ from .metrics import COLUMNS, format_row, write_metrics
 from .progress import EpochProgress
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
+from .sparse_input import use_sparse_input
 
 
 class Interrupted(BpnetError):
@@ -38,6 +39,7 @@ class Trainer:
         self.val_set, self.test_set = session.splits.get("val"), session.splits.get("test")
         self.s = self.cfg["solver"]
         self.run_dir, self.log, self.progress = Path(run_dir), log, progress
+        use_sparse_input(self.net, self.train_set)  # first: it moves W's columns
         self.solver = Solver(self.s, self.net.params)
         _, _, self.shuffle_rng = seeds(self.cfg["seed"])
         self.batches_per_epoch = math.ceil(len(self.train_set) / self.s["batch_size"])

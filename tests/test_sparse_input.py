@@ -1,0 +1,252 @@
+"""The first layer over mostly-zero inputs (sparse_input): the same maths as the dense
+products, gradients that pass the float64 check, parameters and solver state that leave in
+their own order, and training runs that match, resume bit for bit, and take it on MNIST."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bpnet.trainer as train_module
+from bpnet import api
+from bpnet import checkpoint as ckpt
+from bpnet import sparse_input
+from bpnet.build import build_net
+from bpnet.config import load_config, resolve
+from bpnet.data import Dataset
+from bpnet.gradient_check import check_net
+from bpnet.layers import Affine
+from bpnet.session import open_session
+from bpnet.solver import Solver
+
+import tiny_runs
+
+N_IN = 40
+
+
+def sparse_inputs(rng, n, n_in=N_IN):
+    """Rows like MNIST's: the even columns often nonzero, the odd ones rarely (so the plan's
+    order, evens first, is no identity)."""
+    share = np.where(np.arange(n_in) % 2 == 0, 0.6, 0.04)
+    return (rng.random((n, n_in)) * (rng.random((n, n_in)) < share)).astype(np.float32)
+
+
+def dataset(x, y=None):
+    y = np.zeros(len(x), np.int64) if y is None else y
+    return Dataset(x, y, np.zeros(x.shape[1], np.float32), 1.0)
+
+
+def config_of(layers):
+    return resolve({"net": {"layers": layers, "loss": "softmax_cross_entropy"},
+                    "solver": {"type": "sgd", "lr": 0.1, "momentum": 0.9, "batch_size": 8}})
+
+
+def net_of(layers, dtype=np.float32):
+    return build_net(config_of(layers), N_IN, dtype=dtype)
+
+
+RELU_NET = [{"name": "fc1", "type": "affine", "out": 12}, {"name": "act1", "type": "relu"},
+            {"name": "fc2", "type": "affine", "out": 3}]
+FIRSTS = {
+    "affine+relu": RELU_NET,
+    "affine+sigmoid": [{"name": "fc1", "type": "affine", "out": 12},
+                       {"name": "act1", "type": "sigmoid"},
+                       {"name": "fc2", "type": "affine", "out": 3}],
+    "affine+dropout": [{"name": "fc1", "type": "affine", "out": 12},
+                       {"name": "drop", "type": "dropout", "rate": 0.0},
+                       {"name": "fc2", "type": "affine", "out": 3}],
+    "affine alone": [{"name": "fc1", "type": "affine", "out": 3}],
+}
+
+
+def twins(layers, x, dtype=np.float32):
+    """The same network twice, the second with the sparse-input stage."""
+    dense, split = net_of(layers, dtype=dtype), net_of(layers, dtype=dtype)
+    assert sparse_input.use_sparse_input(split, dataset(x.astype(np.float32))) == N_IN // 2
+    assert isinstance(split._stages[0], sparse_input.SparseInputStage)
+    return dense, split
+
+
+# ----- the plan -------------------------------------------------------------------------------
+
+def test_the_plan_puts_the_often_nonzero_columns_first_each_in_input_order():
+    rng = np.random.default_rng(0)
+    x = sparse_inputs(rng, 400)
+    columns, dense = sparse_input.plan(dataset(x), N_IN)
+    often = list(range(0, N_IN, 2))
+    assert dense == N_IN // 2
+    assert list(columns) == sorted(often) + sorted(set(range(N_IN)) - set(often))
+
+
+@pytest.mark.parametrize("x", [np.random.default_rng(1).standard_normal((300, N_IN)),
+                               np.zeros((0, N_IN))], ids=["dense data", "no data"])
+def test_no_plan_where_too_few_columns_are_mostly_zero(x):
+    assert sparse_input.plan(dataset(x.astype(np.float32)), N_IN) is None
+
+
+def test_the_plan_looks_at_the_inputs_as_scaled():
+    """A pixel that equals the mean is 0 for the network, not the 0 of the file."""
+    x = np.full((300, N_IN), 7, np.uint8)
+    data = Dataset(x, np.zeros(300, np.int64), np.full(N_IN, 7, np.float32), 0.5)
+    assert sparse_input.plan(data, N_IN) is None or sparse_input.plan(data, N_IN)[1] == 0
+
+
+# ----- the same maths as the dense products ---------------------------------------------------
+
+@pytest.mark.parametrize("first", FIRSTS)
+def test_forward_and_gradients_equal_the_dense_products(first):
+    rng = np.random.default_rng(2)
+    x = sparse_inputs(rng, 200).astype(np.float64)
+    dense, split = twins(FIRSTS[first], x, np.float64)
+    batch, t = x[:9], rng.integers(0, 3, 9)
+    loss, dx = {}, {}
+    for net in (dense, split):
+        net.zero_grad()
+        loss[net] = net.forward(batch, t)[0]
+        dx[net] = net.backward(input_grad=True)
+        net.forward(batch[::-1].copy(), t[::-1])  # a second batch: gradients accumulate
+        net.backward()
+    assert loss[split] == pytest.approx(loss[dense], rel=1e-13)
+    np.testing.assert_allclose(dx[split], dx[dense], rtol=1e-12, atol=1e-15)
+    for name, p in split.params.items():
+        np.testing.assert_allclose(p.natural(p.grad), dense.params[name].grad, rtol=1e-12,
+                                   atol=1e-15, err_msg=name)
+    np.testing.assert_allclose(split.outputs(x), dense.outputs(x), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_nan_or_infinity_in_a_rare_column_reaches_the_loss(bad):
+    rng = np.random.default_rng(3)
+    x = sparse_inputs(rng, 200)
+    dense, split = twins(RELU_NET, x)
+    batch = x[:4].copy()
+    batch[2, N_IN - 1] = bad  # a column nonzero in 4% of the rows: left to the tail
+    t = np.zeros(4, np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        assert np.isnan(split.forward(batch, t)[0]) == np.isnan(dense.forward(batch, t)[0])
+        assert not np.isfinite(split.forward(batch, t)[0])
+
+
+@pytest.mark.parametrize("first", FIRSTS)
+def test_gradients_pass_the_float64_check(first):
+    rng = np.random.default_rng(4)
+    x = sparse_inputs(rng, 200).astype(np.float64)
+    _, split = twins(FIRSTS[first], x, np.float64)
+    report = check_net(split, x[:5], rng.integers(0, 3, 5))
+    assert report.passed, report.text()
+
+
+def test_the_check_fails_when_the_tail_gradient_is_wrong(monkeypatch):
+    """A negative control: drop the rare columns' weight gradient and the check must see it."""
+    rng = np.random.default_rng(5)
+    x = sparse_inputs(rng, 200).astype(np.float64)
+    _, split = twins(RELU_NET, x, np.float64)
+    monkeypatch.setattr(sparse_input.kernels.jit, "tail_weight_grad", lambda *a: None)
+    assert not check_net(split, x[:5], rng.integers(0, 3, 5)).passed
+
+
+def test_the_layer_alone_still_computes_in_its_own_order():
+    """fc1 keeps W's columns permuted; its own forward/backward (not the stage) must agree."""
+    rng = np.random.default_rng(6)
+    x = sparse_inputs(rng, 200).astype(np.float64)
+    dense, split = twins(RELU_NET, x, np.float64)
+    plain, permuted = dense.layers[0], split.layers[0]
+    dy = rng.standard_normal((7, 12))
+    np.testing.assert_allclose(permuted.forward(x[:7]), plain.forward(x[:7]), rtol=1e-13)
+    np.testing.assert_allclose(permuted.backward(dy), plain.backward(dy), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(permuted.W.natural(permuted.W.grad), plain.W.grad, rtol=1e-13)
+
+
+# ----- what leaves the network is in the parameter's own order -----------------------------------
+
+def test_state_and_solver_state_leave_and_enter_in_their_own_order():
+    rng = np.random.default_rng(7)
+    x = sparse_inputs(rng, 200)
+    dense, split = twins(RELU_NET, x)
+    assert all(np.array_equal(a, dense.state_dict()[k]) for k, a in split.state_dict().items())
+    solvers = [Solver(config_of(RELU_NET)["solver"], net.params) for net in (dense, split)]
+    for step in range(3):
+        batch, t = x[8 * step:8 * step + 8], rng.integers(0, 3, 8)
+        for net, solver in zip((dense, split), solvers):
+            net.forward(batch, t)
+            net.backward()
+            solver.step(0.1)
+            net.zero_grad()
+    for a, b in ((dense.state_dict(), split.state_dict()),
+                 (solvers[0].state_arrays(), solvers[1].state_arrays())):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    # and back in: the split net given the dense one's state computes what the dense one does
+    split.load_state_dict(dense.state_dict())
+    solvers[1].load_state_arrays(solvers[0].state_arrays())
+    assert all(np.array_equal(a, dense.state_dict()[k]) for k, a in split.state_dict().items())
+    for k, a in solvers[1].state_arrays().items():
+        assert np.array_equal(a, solvers[0].state_arrays()[k]), k
+    np.testing.assert_allclose(split.outputs(x), dense.outputs(x), rtol=1e-5, atol=1e-6)
+
+
+def test_columns_are_permuted_once():
+    net = net_of(RELU_NET)
+    net.params["fc1.W"].permute_columns(np.arange(N_IN)[::-1])
+    with pytest.raises(RuntimeError, match="already permuted"):
+        net.params["fc1.W"].permute_columns(np.arange(N_IN))
+
+
+# ----- training with it ---------------------------------------------------------------------------
+
+def write_sparse_run(folder, **changes):
+    """tiny_runs' problem on mostly-zero inputs (labels from the often-nonzero columns)."""
+    config = tiny_runs.write_tiny(folder, **{"solver.epochs": 2, **changes})
+    rng = np.random.default_rng(8)
+    x = sparse_inputs(rng, 240, n_in=10)
+    y = (x[:, 0] > 0.3).astype(np.int64) + (x[:, 2] > 0.3)
+    np.savez(folder / "train.npz", x=x, y=y)
+    return config
+
+
+def trained(config, out, **kwargs):
+    api.train(config, out=out, quiet=True, **kwargs)
+    return ckpt.load(ckpt.list_checkpoints(out / "checkpoints")[-1])
+
+
+def test_a_run_takes_it_on_mostly_zero_inputs(tmp_path, monkeypatch):
+    taken = []
+    real = train_module.use_sparse_input
+    monkeypatch.setattr(train_module, "use_sparse_input",
+                        lambda net, data: taken.append(real(net, data)) or taken[-1])
+    trained(write_sparse_run(tmp_path), tmp_path / "run")
+    assert taken == [5]  # of tiny's 10 inputs, the 5 often nonzero go to BLAS
+
+
+def test_a_run_with_it_ends_where_a_run_without_it_does(tmp_path, monkeypatch):
+    config = write_sparse_run(tmp_path)
+    with_it = trained(config, tmp_path / "split")
+    monkeypatch.setattr(train_module, "use_sparse_input", lambda net, data: None)
+    without = trained(config, tmp_path / "dense")
+    assert with_it[0].keys() == without[0].keys()
+    for k, a in with_it[0].items():
+        np.testing.assert_allclose(a, without[0][k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_a_run_with_it_stopped_and_resumed_equals_one_run(tmp_path, monkeypatch):
+    config = write_sparse_run(tmp_path, **{"solver.epochs": 3})
+    whole = trained(config, tmp_path / "whole")
+    tiny_runs.stop_at(monkeypatch, 17)
+    with pytest.raises(train_module.Interrupted):
+        api.train(config, out=tmp_path / "stopped", quiet=True)
+    monkeypatch.undo()
+    api.train(resume=tmp_path / "stopped", quiet=True)
+    again = ckpt.load(ckpt.list_checkpoints(tmp_path / "stopped" / "checkpoints")[-1])
+    assert whole[0].keys() == again[0].keys()
+    for k, a in whole[0].items():
+        assert np.array_equal(a, again[0][k]), k
+
+
+def test_the_shipped_config_takes_it_on_mnist():
+    config = Path(__file__).resolve().parent.parent / "configs" / "mnist_mlp.yaml"
+    session = open_session(load_config(config, []), source=config)
+    dense = sparse_input.use_sparse_input(session.net, session.splits["train"])
+    assert 250 < dense < 450  # of 784 pixels; the rest are 0 in over 90% of the images
+    assert isinstance(session.net._stages[0], sparse_input.SparseInputStage)
+    assert isinstance(session.net.layers[0], Affine)
