@@ -67,13 +67,25 @@ def sparse_input_stage(net, columns, dense):
 
 
 class _Split:
-    """One batch size's room for ``split_columns``: the dense block and the other nonzeros."""
+    """One batch size's room for ``split_columns``: the dense block and the other nonzeros.
+    The room for those grows with the most a batch has held, rather than being made for the
+    worst case: a 1,024-row chunk of 100,000 features would need 1.2 GB of it."""
 
     def __init__(self, batch, n_in, dense, dtype):
         self.xd = np.empty((batch, dense), dtype)
         self.starts = np.empty(batch + 1, np.int64)
-        self.tail_k = np.empty(batch * (n_in - dense), np.int64)
-        self.tail_v = np.empty(batch * (n_in - dense), dtype)
+        self._grow(batch * min(n_in - dense, 16))
+
+    def _grow(self, room):
+        self.tail_k = np.empty(room, np.int64)
+        self.tail_v = np.empty(room, self.xd.dtype)
+
+    def fill(self, x, columns, dense):
+        """Split ``x`` (see ``split_columns``), growing the room until its nonzeros fit."""
+        count = kernels.jit.split_columns(x, columns, dense, self.xd, *self.tail())
+        if count > len(self.tail_k):
+            self._grow(count + count // 4)
+            kernels.jit.split_columns(x, columns, dense, self.xd, *self.tail())
 
     def tail(self):
         return self.starts, self.tail_k, self.tail_v
@@ -91,7 +103,7 @@ class SparseInputStage:
 
     def forward(self, x, y, train):
         W, split = self.affine.W, self._split_for(x)
-        kernels.jit.split_columns(x, W.columns, self.dense, split.xd, *split.tail())
+        split.fill(x, W.columns, self.dense)
         wt = W.data.T  # (n_in, n_out), C order: the first layer's W is kept input-major
         np.matmul(split.xd, wt[:self.dense], out=y)
         kernels.jit.add_tail_products(*split.tail(), wt, y)

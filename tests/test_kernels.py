@@ -108,8 +108,10 @@ def _sparse_rows(rng, d, n=12, dense=5):
     return x, columns, np.int64(dense), split
 
 
-def _split_columns(rng, d):
+def _split_columns(rng, d, room=None):
     x, columns, dense, split = _sparse_rows(rng, d)
+    if room is not None:  # less room than nonzeros: counted, not written past the end
+        split = (*split[:2], split[2][:room], split[3][:room])
     return (x, columns, dense, *split)
 
 
@@ -148,7 +150,7 @@ CASES = {
     "sgd_update": [("momentum", lambda r, d: _sgd_update(r, d, False)),
                    ("nesterov", lambda r, d: _sgd_update(r, d, True))],
     "adam_update": [("", _adam_update)],
-    "split_columns": [("", _split_columns)],
+    "split_columns": [("", _split_columns), ("short room", lambda r, d: _split_columns(r, d, 2))],
     "add_tail_products": [("", _add_tail_products)],
     "tail_weight_grad": [("overwrite", lambda r, d: _tail_weight_grad(r, d, True)),
                          ("add", lambda r, d: _tail_weight_grad(r, d, False))],

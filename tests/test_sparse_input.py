@@ -114,6 +114,26 @@ def test_forward_and_gradients_equal_the_dense_products(first):
     np.testing.assert_allclose(split.outputs(x), dense.outputs(x), rtol=1e-12, atol=1e-15)
 
 
+def test_a_batch_with_more_rare_nonzeros_than_ever_before_still_equals_the_dense_products():
+    """The room for the rare columns' nonzeros starts small (not sized for the worst case)
+    and grows when a batch needs more."""
+    rng = np.random.default_rng(9)
+    x = sparse_inputs(rng, 200).astype(np.float64)
+    dense, split = twins(RELU_NET, x, np.float64)
+    batch = x[:30].copy()
+    batch[:, 1::2] = rng.random((30, N_IN // 2)) + 0.5  # every rare column lit in every row
+    t = rng.integers(0, 3, 30)
+    for net in (dense, split):
+        net.forward(x[:30], t)  # an ordinary batch of the same size first
+        net.zero_grad()
+        net.forward(batch, t)
+        net.backward()
+    np.testing.assert_allclose(split.outputs(batch), dense.outputs(batch), rtol=1e-12, atol=1e-14)
+    got = split.params["fc1.W"]
+    np.testing.assert_allclose(got.natural(got.grad), dense.params["fc1.W"].grad, rtol=1e-12)
+    assert sparse_input._Split(1024, 100_000, 5_000, np.float32).tail_v.nbytes <= 1024 * 16 * 4
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_nan_or_infinity_in_a_rare_column_reaches_the_loss(bad):
     rng = np.random.default_rng(3)

@@ -341,12 +341,13 @@ def adam_update(w, g, m, v, bounds, rates, beta1, beta2, eps, decays):
 def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
     """Split x's columns as ``columns`` orders them: xd[i, j] = x[i, columns[j]] for the first
     ``dense``, and row i's nonzeros among the others as (k, v) pairs, k the position in
-    ``columns``, in tail_k/tail_v[starts[i]:starts[i + 1]]. Returns how many there are.
+    ``columns``, in tail_k/tail_v[starts[i]:starts[i + 1]]. Returns how many there are; if
+    more than tail_k holds, the rest are counted but not written (the caller grows the room).
 
     x: (batch, n) C, columns: (n,) int64, xd: (batch, dense), starts: (batch + 1,) int64,
-    tail_k: int64 and tail_v: x's dtype, (batch * (n - dense),) or longer. NaN counts as nonzero.
+    tail_k: int64 and tail_v: x's dtype, of one length. NaN counts as nonzero.
     """
-    count = 0
+    count, room = 0, tail_k.shape[0]
     for i in range(x.shape[0]):
         starts[i] = count
         xi, di = x[i], xd[i]
@@ -355,8 +356,9 @@ def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
         for k in range(dense, columns.shape[0]):
             v = xi[columns[k]]
             if v != 0:
-                tail_k[count] = k
-                tail_v[count] = v
+                if count < room:
+                    tail_k[count] = k
+                    tail_v[count] = v
                 count += 1
     starts[x.shape[0]] = count
     return count

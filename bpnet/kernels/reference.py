@@ -109,9 +109,9 @@ def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
     xd[...] = x[:, columns[:dense]]
     tail = x[:, columns[dense:]]
     rows, ks = np.nonzero(tail != 0)  # row-major order, as the kernel walks them
-    count = len(rows)
-    tail_k[:count] = ks + dense
-    tail_v[:count] = tail[rows, ks]
+    count, room = len(rows), len(tail_k)
+    tail_k[:count] = (ks + dense)[:room]
+    tail_v[:count] = tail[rows, ks][:room]
     starts[...] = np.searchsorted(rows, np.arange(x.shape[0] + 1))
     return count
 
