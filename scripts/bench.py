@@ -294,7 +294,7 @@ class GemmRunner:
             from bpnet.data import Dataset
             from bpnet.sparse_input import plan
             found = plan(Dataset(data[0], data[1], *inputs), 784)
-            self.dense = found[1] if found else 784
+            self.dense = found.dense if found else 784
         self.flops_per_sample = sum(2 * w.size * (3 if i else 2) for i, w in enumerate(weights)) \
             - 4 * (784 - self.dense) * weights[0].shape[0]
         self.arrays = {}

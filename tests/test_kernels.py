@@ -100,37 +100,41 @@ def _adam_update(rng, d):
 
 
 def _sparse_rows(rng, d, n=12, dense=5):
-    """A batch mostly of zeros, its column order, and room for its split."""
-    x = rng.standard_normal((ROWS, n)).astype(d) * (rng.random((ROWS, n)) < 0.3)
+    """A batch mostly at each column's base value (0 for some columns), its column order,
+    the bases by position, and room for its split."""
     columns = rng.permutation(n).astype(np.int64)
+    base = np.where(np.arange(n) % 3 == 0, 0, rng.standard_normal(n)).astype(d)
+    x = np.where(rng.random((ROWS, n)) < 0.3, rng.standard_normal((ROWS, n)), 0).astype(d)
+    x[:, columns] += base  # the departures of position k are from base[k]
     split = (np.zeros((ROWS, dense), d), np.zeros(ROWS + 1, np.int64),
              np.zeros(ROWS * (n - dense), np.int64), np.zeros(ROWS * (n - dense), d))
-    return x, columns, np.int64(dense), split
+    return x, columns, np.int64(dense), base, split
 
 
 def _split_columns(rng, d, room=None):
-    x, columns, dense, split = _sparse_rows(rng, d)
-    if room is not None:  # less room than nonzeros: counted, not written past the end
+    x, columns, dense, base, split = _sparse_rows(rng, d)
+    if room is not None:  # less room than departures: counted, not written past the end
         split = (*split[:2], split[2][:room], split[3][:room])
-    return (x, columns, dense, *split)
+    return (x, columns, dense, base, *split)
 
 
 def _tail_args(rng, d):
-    x, columns, dense, split = _sparse_rows(rng, d)
-    reference.split_columns(x, columns, dense, *split)
-    return dense, split[1:]
+    x, columns, dense, base, split = _sparse_rows(rng, d)
+    reference.split_columns(x, columns, dense, base, *split)
+    return dense, base, split[1:]
 
 
 def _add_tail_products(rng, d):
-    dense, (starts, tail_k, tail_v) = _tail_args(rng, d)
+    dense, _, (starts, tail_k, tail_v) = _tail_args(rng, d)
     return starts, tail_k, tail_v, rng.standard_normal((12, 4)).astype(d), \
         rng.standard_normal((ROWS, 4)).astype(d)
 
 
 def _tail_weight_grad(rng, d, overwrite):
-    dense, (starts, tail_k, tail_v) = _tail_args(rng, d)
+    dense, base, (starts, tail_k, tail_v) = _tail_args(rng, d)
     return (starts, tail_k, tail_v, rng.standard_normal((ROWS, 4)).astype(d),
-            rng.standard_normal((12, 4)).astype(d), dense, overwrite)
+            rng.standard_normal((12, 4)).astype(d), dense, overwrite, base,
+            rng.standard_normal(4).astype(d))
 
 
 CASES = {

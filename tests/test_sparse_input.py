@@ -31,9 +31,13 @@ def sparse_inputs(rng, n, n_in=N_IN):
     return (rng.random((n, n_in)) * (rng.random((n, n_in)) < share)).astype(np.float32)
 
 
-def dataset(x, y=None):
+def dataset(x, y=None, mean=0.0, scale=1.0):
     y = np.zeros(len(x), np.int64) if y is None else y
-    return Dataset(x, y, np.zeros(x.shape[1], np.float32), 1.0)
+    return Dataset(x, y, mean, scale)
+
+
+# the inputs as stored, and as data.mean and data.scale make them: a stored 0 is 0, or -0.6
+SCALINGS = {"zero base": (0.0, 1.0), "standardised": (0.3, 2.0)}
 
 
 def config_of(layers):
@@ -59,12 +63,14 @@ FIRSTS = {
 }
 
 
-def twins(layers, x, dtype=np.float32):
-    """The same network twice, the second with the sparse-input stage."""
+def twins(layers, x, dtype=np.float32, scaling="zero base"):
+    """The same network twice, the second with the sparse-input stage planned on the stored
+    inputs ``x``; and those inputs as the networks see them, in ``dtype``."""
+    data = dataset(x.astype(np.float32), mean=SCALINGS[scaling][0], scale=SCALINGS[scaling][1])
     dense, split = net_of(layers, dtype=dtype), net_of(layers, dtype=dtype)
-    assert sparse_input.use_sparse_input(split, dataset(x.astype(np.float32))) == N_IN // 2
+    assert sparse_input.use_sparse_input(split, data) == N_IN // 2
     assert isinstance(split._stages[0], sparse_input.SparseInputStage)
-    return dense, split
+    return dense, split, data.inputs(dtype)
 
 
 # ----- the plan -------------------------------------------------------------------------------
@@ -72,10 +78,11 @@ def twins(layers, x, dtype=np.float32):
 def test_the_plan_puts_the_often_nonzero_columns_first_each_in_input_order():
     rng = np.random.default_rng(0)
     x = sparse_inputs(rng, 400)
-    columns, dense = sparse_input.plan(dataset(x), N_IN)
+    found = sparse_input.plan(dataset(x), N_IN)
     often = list(range(0, N_IN, 2))
-    assert dense == N_IN // 2
-    assert list(columns) == sorted(often) + sorted(set(range(N_IN)) - set(often))
+    assert found.dense == N_IN // 2
+    assert list(found.columns) == sorted(often) + sorted(set(range(N_IN)) - set(often))
+    assert not found.base.any()
 
 
 @pytest.mark.parametrize("x", [np.random.default_rng(1).standard_normal((300, N_IN)),
@@ -84,20 +91,23 @@ def test_no_plan_where_too_few_columns_are_mostly_zero(x):
     assert sparse_input.plan(dataset(x.astype(np.float32)), N_IN) is None
 
 
-def test_the_plan_looks_at_the_inputs_as_scaled():
-    """A pixel that equals the mean is 0 for the network, not the 0 of the file."""
-    x = np.full((300, N_IN), 7, np.uint8)
-    data = Dataset(x, np.zeros(300, np.int64), np.full(N_IN, 7, np.float32), 0.5)
-    assert sparse_input.plan(data, N_IN) is None or sparse_input.plan(data, N_IN)[1] == 0
+def test_the_plan_takes_a_stored_zero_as_scaled_for_the_base_value():
+    """Standardised pixels are mostly (0 - mean) * scale, not 0: that is what the rare columns
+    hold, and depart from."""
+    x = (sparse_inputs(np.random.default_rng(0), 400) * 255).astype(np.uint8)
+    mean = np.linspace(20, 40, N_IN)
+    found = sparse_input.plan(Dataset(x, np.zeros(400, np.int64), mean, 0.1), N_IN)
+    assert found.dense == N_IN // 2
+    np.testing.assert_allclose(found.base, (-mean * 0.1)[found.columns], rtol=1e-6)
 
 
 # ----- the same maths as the dense products ---------------------------------------------------
 
+@pytest.mark.parametrize("scaling", SCALINGS)
 @pytest.mark.parametrize("first", FIRSTS)
-def test_forward_and_gradients_equal_the_dense_products(first):
+def test_forward_and_gradients_equal_the_dense_products(first, scaling):
     rng = np.random.default_rng(2)
-    x = sparse_inputs(rng, 200).astype(np.float64)
-    dense, split = twins(FIRSTS[first], x, np.float64)
+    dense, split, x = twins(FIRSTS[first], sparse_inputs(rng, 200), np.float64, scaling)
     batch, t = x[:9], rng.integers(0, 3, 9)
     loss, dx = {}, {}
     for net in (dense, split):
@@ -118,8 +128,7 @@ def test_a_batch_with_more_rare_nonzeros_than_ever_before_still_equals_the_dense
     """The room for the rare columns' nonzeros starts small (not sized for the worst case)
     and grows when a batch needs more."""
     rng = np.random.default_rng(9)
-    x = sparse_inputs(rng, 200).astype(np.float64)
-    dense, split = twins(RELU_NET, x, np.float64)
+    dense, split, x = twins(RELU_NET, sparse_inputs(rng, 200), np.float64)
     batch = x[:30].copy()
     batch[:, 1::2] = rng.random((30, N_IN // 2)) + 0.5  # every rare column lit in every row
     t = rng.integers(0, 3, 30)
@@ -137,8 +146,7 @@ def test_a_batch_with_more_rare_nonzeros_than_ever_before_still_equals_the_dense
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_nan_or_infinity_in_a_rare_column_reaches_the_loss(bad):
     rng = np.random.default_rng(3)
-    x = sparse_inputs(rng, 200)
-    dense, split = twins(RELU_NET, x)
+    dense, split, x = twins(RELU_NET, sparse_inputs(rng, 200))
     batch = x[:4].copy()
     batch[2, N_IN - 1] = bad  # a column nonzero in 4% of the rows: left to the tail
     t = np.zeros(4, np.int64)
@@ -147,20 +155,20 @@ def test_a_nan_or_infinity_in_a_rare_column_reaches_the_loss(bad):
         assert not np.isfinite(split.forward(batch, t)[0])
 
 
+@pytest.mark.parametrize("scaling", SCALINGS)
 @pytest.mark.parametrize("first", FIRSTS)
-def test_gradients_pass_the_float64_check(first):
+def test_gradients_pass_the_float64_check(first, scaling):
     rng = np.random.default_rng(4)
-    x = sparse_inputs(rng, 200).astype(np.float64)
-    _, split = twins(FIRSTS[first], x, np.float64)
+    _, split, x = twins(FIRSTS[first], sparse_inputs(rng, 200), np.float64, scaling)
     report = check_net(split, x[:5], rng.integers(0, 3, 5))
     assert report.passed, report.text()
 
 
-def test_the_check_fails_when_the_tail_gradient_is_wrong(monkeypatch):
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_check_fails_when_the_tail_gradient_is_wrong(monkeypatch, scaling):
     """A negative control: drop the rare columns' weight gradient and the check must see it."""
     rng = np.random.default_rng(5)
-    x = sparse_inputs(rng, 200).astype(np.float64)
-    _, split = twins(RELU_NET, x, np.float64)
+    _, split, x = twins(RELU_NET, sparse_inputs(rng, 200), np.float64, scaling)
     monkeypatch.setattr(sparse_input.kernels.jit, "tail_weight_grad", lambda *a: None)
     assert not check_net(split, x[:5], rng.integers(0, 3, 5)).passed
 
@@ -168,8 +176,7 @@ def test_the_check_fails_when_the_tail_gradient_is_wrong(monkeypatch):
 def test_the_layer_alone_still_computes_in_its_own_order():
     """fc1 keeps W's columns permuted; its own forward/backward (not the stage) must agree."""
     rng = np.random.default_rng(6)
-    x = sparse_inputs(rng, 200).astype(np.float64)
-    dense, split = twins(RELU_NET, x, np.float64)
+    dense, split, x = twins(RELU_NET, sparse_inputs(rng, 200), np.float64)
     plain, permuted = dense.layers[0], split.layers[0]
     dy = rng.standard_normal((7, 12))
     np.testing.assert_allclose(permuted.forward(x[:7]), plain.forward(x[:7]), rtol=1e-13)
@@ -181,8 +188,7 @@ def test_the_layer_alone_still_computes_in_its_own_order():
 
 def test_state_and_solver_state_leave_and_enter_in_their_own_order():
     rng = np.random.default_rng(7)
-    x = sparse_inputs(rng, 200)
-    dense, split = twins(RELU_NET, x)
+    dense, split, x = twins(RELU_NET, sparse_inputs(rng, 200))
     assert all(np.array_equal(a, dense.state_dict()[k]) for k, a in split.state_dict().items())
     solvers = [Solver(config_of(RELU_NET)["solver"], net.params) for net in (dense, split)]
     for step in range(3):

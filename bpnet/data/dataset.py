@@ -60,6 +60,13 @@ class Dataset:
         kernels.jit.gather_scale(self.x, rows, mean, out.dtype.type(self.scale), out)
         return out
 
+    def stored_zero(self, dtype=np.float32):
+        """(n_features,): what a stored 0 becomes, (0 - mean) * scale, computed as ``batch``
+        computes it."""
+        zero = Dataset(np.zeros((1, self.n_features), self.x.dtype), self.y[:0], self.mean,
+                       self.scale)
+        return zero.batch(np.zeros(1, np.int64), np.empty((1, self.n_features), dtype))[0]
+
     def chunks(self, dtype=np.float32, size=1024):
         """(rows, scaled inputs) over the whole dataset in order, ``size`` rows at a time, in
         one reused buffer: evaluation never holds the dataset as floats (188 MB for MNIST's

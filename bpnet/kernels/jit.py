@@ -338,14 +338,16 @@ def adam_update(w, g, m, v, bounds, rates, beta1, beta2, eps, decays):
 # ----- the first layer over inputs that are mostly zero (see sparse_input.py) ------------------
 
 @kernel
-def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
+def split_columns(x, columns, dense, base, xd, starts, tail_k, tail_v):
     """Split x's columns as ``columns`` orders them: xd[i, j] = x[i, columns[j]] for the first
-    ``dense``, and row i's nonzeros among the others as (k, v) pairs, k the position in
-    ``columns``, in tail_k/tail_v[starts[i]:starts[i + 1]]. Returns how many there are; if
-    more than tail_k holds, the rest are counted but not written (the caller grows the room).
+    ``dense``, and for the others row i's departures from the column's base value as (k, v)
+    pairs, v = x[i, columns[k]] - base[k], k the position in ``columns``, in
+    tail_k/tail_v[starts[i]:starts[i + 1]]. Returns how many there are; if more than tail_k
+    holds, the rest are counted but not written (the caller grows the room).
 
-    x: (batch, n) C, columns: (n,) int64, xd: (batch, dense), starts: (batch + 1,) int64,
-    tail_k: int64 and tail_v: x's dtype, of one length. NaN counts as nonzero.
+    x: (batch, n) C, columns: (n,) int64, base: (n,) x's dtype, by position (those under
+    ``dense`` unread), xd: (batch, dense), starts: (batch + 1,) int64, tail_k: int64 and
+    tail_v: x's dtype, of one length. NaN counts as a departure.
     """
     count, room = 0, tail_k.shape[0]
     for i in range(x.shape[0]):
@@ -354,7 +356,7 @@ def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
         for j in range(dense):
             di[j] = xi[columns[j]]
         for k in range(dense, columns.shape[0]):
-            v = xi[columns[k]]
+            v = xi[columns[k]] - base[k]
             if v != 0:
                 if count < room:
                     tail_k[count] = k
@@ -383,17 +385,21 @@ def add_tail_products(starts, tail_k, tail_v, wt, y):
 
 
 @kernel
-def tail_weight_grad(starts, tail_k, tail_v, dz, gt, dense, overwrite):
-    """gt[k] (+)= v * dz[i] for each pair (k, v) of row i, into rows ``dense`` on of gt (the
-    gradient of W^T, rows in ``columns`` order), which are zeroed first if ``overwrite``.
+def tail_weight_grad(starts, tail_k, tail_v, dz, gt, dense, overwrite, base, dz_sum):
+    """Rows ``dense`` on of gt (the gradient of W^T, rows in ``columns`` order): gt[k] (+)=
+    base[k] * dz_sum, the part of the column's base value, then v * dz[i] for each pair (k, v)
+    of row i (see split_columns). ``overwrite``: the rows are set, not added to.
 
-    dz: (batch, n_out) C, gt: (n, n_out) C.
+    dz: (batch, n_out) C, gt: (n, n_out) C, base: (n,), dz_sum: (n_out,) the sum of dz's rows.
     """
-    if overwrite:
-        for k in range(dense, gt.shape[0]):
-            gk = gt[k]
+    for k in range(dense, gt.shape[0]):
+        gk, b = gt[k], base[k]
+        if overwrite:
             for c in range(gk.shape[0]):
-                gk[c] = 0
+                gk[c] = b * dz_sum[c]
+        elif b != 0:
+            for c in range(gk.shape[0]):
+                gk[c] += b * dz_sum[c]
     for i in range(dz.shape[0]):
         for e in range(starts[i], starts[i + 1]):
             _add_scaled(tail_v[e], dz[i], gt[tail_k[e]])

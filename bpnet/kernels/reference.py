@@ -105,9 +105,9 @@ def adam_update(w, g, m, v, bounds, rates, beta1, beta2, eps, decays):
         w_ -= lr_t * m_ / (np.sqrt(v_) + eps)
 
 
-def split_columns(x, columns, dense, xd, starts, tail_k, tail_v):
+def split_columns(x, columns, dense, base, xd, starts, tail_k, tail_v):
     xd[...] = x[:, columns[:dense]]
-    tail = x[:, columns[dense:]]
+    tail = x[:, columns[dense:]] - base[dense:]
     rows, ks = np.nonzero(tail != 0)  # row-major order, as the kernel walks them
     count, room = len(rows), len(tail_k)
     tail_k[:count] = (ks + dense)[:room]
@@ -122,9 +122,12 @@ def add_tail_products(starts, tail_k, tail_v, wt, y):
     np.add.at(y, rows, tail_v[:n, None] * wt[tail_k[:n]])
 
 
-def tail_weight_grad(starts, tail_k, tail_v, dz, gt, dense, overwrite):
+def tail_weight_grad(starts, tail_k, tail_v, dz, gt, dense, overwrite, base, dz_sum):
+    part = base[dense:, None] * dz_sum
     if overwrite:
-        gt[dense:] = 0
+        gt[dense:] = part
+    else:
+        gt[dense:] += part
     rows = np.repeat(np.arange(dz.shape[0]), np.diff(starts))
     n = starts[-1]
     np.add.at(gt, tail_k[:n], tail_v[:n, None] * dz[rows])
