@@ -39,7 +39,11 @@ class Trainer:
         self.val_set, self.test_set = session.splits.get("val"), session.splits.get("test")
         self.s = self.cfg["solver"]
         self.run_dir, self.log, self.progress = Path(run_dir), log, progress
-        use_sparse_input(self.net, self.train_set)  # first: it moves W's columns
+        dense = use_sparse_input(self.net, self.train_set)  # first: it moves W's columns
+        if dense is not None:
+            first = self.net.layers[0]
+            log(f"{first.name}: {dense} of {first.n_in} inputs through BLAS; the other "
+                f"{first.n_in - dense}, mostly at one value, by their departures from it")
         self.solver = Solver(self.s, self.net.params)
         _, _, self.shuffle_rng = seeds(self.cfg["seed"])
         self.batches_per_epoch = math.ceil(len(self.train_set) / self.s["batch_size"])

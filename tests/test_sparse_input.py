@@ -241,8 +241,11 @@ def test_a_run_takes_it_on_mostly_zero_inputs(tmp_path, monkeypatch):
     real = train_module.use_sparse_input
     monkeypatch.setattr(train_module, "use_sparse_input",
                         lambda net, data: taken.append(real(net, data)) or taken[-1])
-    trained(write_sparse_run(tmp_path), tmp_path / "run")
+    lines = []
+    api.train(write_sparse_run(tmp_path), out=tmp_path / "run", log=lines.append)
     assert taken == [5]  # of tiny's 10 inputs, the 5 often nonzero go to BLAS
+    assert lines[0] == ("fc1: 5 of 10 inputs through BLAS; the other 5, mostly at one value, "
+                        "by their departures from it")
 
 
 def test_a_run_with_it_ends_where_a_run_without_it_does(tmp_path, monkeypatch):
