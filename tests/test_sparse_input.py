@@ -258,10 +258,11 @@ def test_a_run_with_it_ends_where_a_run_without_it_does(tmp_path, monkeypatch):
         np.testing.assert_allclose(a, without[0][k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
-def test_a_run_with_it_stopped_and_resumed_equals_one_run(tmp_path, monkeypatch):
-    config = write_sparse_run(tmp_path, **{"solver.epochs": 3})
+def assert_resumes_bit_for_bit(config, tmp_path, monkeypatch, stop):
+    """A run of ``config`` stopped after update ``stop`` and resumed ends with the arrays of
+    one that never stopped, bit for bit."""
     whole = trained(config, tmp_path / "whole")
-    tiny_runs.stop_at(monkeypatch, 17)
+    tiny_runs.stop_at(monkeypatch, stop)
     with pytest.raises(train_module.Interrupted):
         api.train(config, out=tmp_path / "stopped", quiet=True)
     monkeypatch.undo()
@@ -270,6 +271,11 @@ def test_a_run_with_it_stopped_and_resumed_equals_one_run(tmp_path, monkeypatch)
     assert whole[0].keys() == again[0].keys()
     for k, a in whole[0].items():
         assert np.array_equal(a, again[0][k]), k
+
+
+def test_a_run_with_it_stopped_and_resumed_equals_one_run(tmp_path, monkeypatch):
+    config = write_sparse_run(tmp_path, **{"solver.epochs": 3})
+    assert_resumes_bit_for_bit(config, tmp_path, monkeypatch, 17)
 
 
 def test_the_shipped_config_takes_it_on_mnist():

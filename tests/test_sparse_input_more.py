@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 
 import bpnet.trainer as train_module
-from bpnet import api
-from bpnet import checkpoint as ckpt
 from bpnet import sparse_input
 from bpnet.build import build_net
 from bpnet.config import resolve
 from bpnet.solver import Solver
 
-import tiny_runs
-from test_sparse_input import N_IN, dataset, sparse_inputs, trained, write_sparse_run
+from test_sparse_input import (N_IN, assert_resumes_bit_for_bit, dataset, sparse_inputs,
+                               trained, write_sparse_run)
 
 RUNS = {
     "adam": {"solver.type": "adam", "solver.lr": 0.01, "solver.momentum": 0.0},
@@ -54,16 +52,8 @@ def test_runs_end_where_dense_runs_do(tmp_path, monkeypatch, case):
 @pytest.mark.parametrize("case", ["adam", "iter_size, short last batch", "newbob"])
 def test_runs_resume_bit_for_bit(tmp_path, monkeypatch, case):
     config = write_sparse_run(tmp_path, **{"solver.epochs": 3, **RUNS[case]})
-    whole = trained(config, tmp_path / "whole")
-    tiny_runs.stop_at(monkeypatch, 3)  # iter_size 3 of 6 batches: 2 updates an epoch
-    with pytest.raises(train_module.Interrupted):
-        api.train(config, out=tmp_path / "stopped", quiet=True)
-    monkeypatch.undo()
-    api.train(resume=tmp_path / "stopped", quiet=True)
-    again = ckpt.load(ckpt.list_checkpoints(tmp_path / "stopped" / "checkpoints")[-1])
-    assert whole[0].keys() == again[0].keys()
-    for k, a in whole[0].items():
-        assert np.array_equal(a, again[0][k]), k
+    # iter_size 3 of 6 batches: 2 updates an epoch
+    assert_resumes_bit_for_bit(config, tmp_path, monkeypatch, 3)
 
 
 def test_weights_enter_in_their_own_order(tmp_path, monkeypatch):
