@@ -13,7 +13,10 @@ worker runs exactly the matrix products of the epoch's maths (same shapes, bpnet
 numpy/OpenBLAS) in the same rotation: that time is the GEMM floor. bpnet's first layer gives
 BLAS only the input columns that are often nonzero (``bpnet/sparse_input.py``), so it can beat
 that floor; a ``gemm_split`` worker runs the products bpnet does run, and bpnet's fraction of
-that time says how much it spends outside them.
+that time says how much it spends outside them. Before each round of epochs a ``probe`` worker
+measures the machine's state (``StateProbe``): these 2-core machines have a slow state, minutes
+long, in which a core's writes to memory the other core has read cost many times as much, and
+the table says which rounds ran in it.
 
 Also measured for bpnet itself (skip with --skip-cli): ``bpnet --help`` wall time, the fixed
 overhead of ``bpnet train`` up to its first batch with warm kernel caches, and the time to 98%
@@ -340,6 +343,40 @@ class SplitGemmRunner(GemmRunner):
         return None
 
 
+class StateProbe:
+    """Which state the machine is in. The 2-core machines move, for minutes at a time, between
+    a fast state and a slow one in which a core writing memory that the other core's cache holds
+    pays several times as much as writing its own (the two vCPUs' caches far apart, it seems).
+    An update step is such a write: BLAS's second thread read the weights in the products just
+    before. ``epoch`` times one: the time to add to three 512 x 512 arrays that two-thread
+    products have just read, over the time to add to three they have not. About 1.5 in the fast
+    state; 9-12 in the slow one, where bpnet's update takes 5-6x as long."""
+
+    def __init__(self, *args):
+        import numpy as np
+        rng = np.random.default_rng(0)
+        self.np, self.x = np, rng.standard_normal((128, 512), dtype=np.float32)
+        self.y, self.back = np.empty_like(self.x), np.empty_like(self.x)
+        self.read = [rng.standard_normal((512, 512), dtype=np.float32) for _ in range(3)]
+        self.unread = [w.copy() for w in self.read]
+        self.step = self.read[0] * 0
+
+    def _write_s(self, arrays):
+        np = self.np
+        for w in self.read:  # as a layer's forward and input-gradient products read W
+            np.matmul(self.x, w.T, out=self.y)
+            np.matmul(self.y, w, out=self.back)
+        started = time.perf_counter()
+        for w in arrays:
+            np.add(w, self.step, out=w)
+        return time.perf_counter() - started
+
+    def epoch(self, order):
+        costs = [(self._write_s(self.read), self._write_s(self.unread)) for _ in range(60)]
+        return {"write_cost": statistics.median(a for a, _ in costs)
+                / statistics.median(b for _, b in costs)}
+
+
 def worker(runner, net, threads, seed):
     """Serve ``epoch N`` and ``finish`` commands on stdin; answer one JSON line each."""
     from threadpoolctl import threadpool_limits
@@ -348,7 +385,8 @@ def worker(runner, net, threads, seed):
     data = load_mnist()
     weights = initial_weights([784, *hidden, 10], act, seed)
     cls = {"bpnet": BpnetRunner, "torch": TorchRunner, "sklearn": SklearnRunner,
-           "numpy": NumpyRunner, "gemm": GemmRunner, "gemm_split": SplitGemmRunner}[runner]
+           "numpy": NumpyRunner, "gemm": GemmRunner, "gemm_split": SplitGemmRunner,
+           "probe": StateProbe}[runner]
     args = (hidden, act, batch, lr, weights, data, input_transform(act, data[0])) \
         + ((threads,) if runner == "torch" else ())
     model = cls(*args)
@@ -364,8 +402,8 @@ def worker(runner, net, threads, seed):
         if cmd == "epoch":
             order = epoch_order(seed, int(rest[0]), n)
             started = time.perf_counter()
-            model.epoch(order)
-            answer(seconds=time.perf_counter() - started)
+            extra = model.epoch(order) or {}
+            answer(seconds=time.perf_counter() - started, **extra)
         elif cmd == "finish":
             answer(accuracy=model.accuracy(),
                    flops_per_sample=getattr(model, "flops_per_sample", None))
@@ -395,14 +433,20 @@ class Worker:
 
 
 def bench_net(net, runners, epochs, threads, seed, log):
-    """Interleaved epochs of every runner on one network; returns the per-runner results."""
+    """Interleaved epochs of every runner on one network; returns the per-runner results and
+    the machine's state (``StateProbe``) before each round of epochs."""
     workers = {r: Worker(r, net, threads, seed) for r in runners}
     results = {r: {"epochs": []} for r in runners}
+    probe, states = Worker("probe", net, threads, seed), []
     try:
+        probe.ask()
         for r, w in workers.items():
             results[r]["setup_mb"] = w.ask()["peak_mb"]
         names = list(runners)
         for e in range(epochs + 1):  # epoch 0 is the warm-up
+            time.sleep(SETTLE_S)
+            states.append(probe.ask(f"epoch {e}")["write_cost"])
+            log(f"  {net} round {e}: machine state {states[-1]:.1f} (1.5 fast, 9-12 slow)")
             turn = names[e % len(names):] + names[:e % len(names)]
             for r in turn:
                 time.sleep(SETTLE_S)
@@ -415,13 +459,13 @@ def bench_net(net, runners, epochs, threads, seed, log):
             if end["flops_per_sample"]:
                 results[r]["flops_per_sample"] = end["flops_per_sample"]
     finally:
-        for w in workers.values():
+        for w in [*workers.values(), probe]:
             w.proc.stdin.close()
             w.proc.wait()
     for r in results.values():
         r["median_s"] = statistics.median(r["epochs"][1:])
         r["samples_per_s"] = 60000 / r["median_s"]
-    return results
+    return results, states
 
 
 def bench_cli(threads, log):
@@ -535,7 +579,7 @@ def targets(nets, cli):
     return rows
 
 
-def markdown(info, nets, cli, epochs):
+def markdown(info, nets, states, cli, epochs):
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores, BLAS {info['blas']}; "
              f"{info['threads']} threads; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
              f"Median of {epochs} epochs after a warm-up epoch, 60,000 MNIST images per epoch, float32.",
@@ -554,6 +598,10 @@ def markdown(info, nets, cli, epochs):
             lines.append(f"| {shape} | {label} | {res['median_s']:.3f} | "
                          f"{res['samples_per_s']:,.0f} | {acc} | {res['peak_mb']:.0f} | {rel} |")
             shape = ""
+    lines += ["", "Machine state before each round of epochs, warm-up first (a core's cost to write "
+              "memory the other core has just read, over its own; about 1.5 in the fast state, "
+              "9-12 in the slow one): " + "; ".join(
+                  f"{net} {', '.join(f'{c:.1f}' for c in costs)}" for net, costs in states.items())]
     if cli:
         lines += ["", f"`bpnet train configs/mnist_mlp.yaml`: 98% test accuracy "
                   f"{'after %.1f s' % cli['time_to_98_s'] if cli['time_to_98_s'] else 'never reached'} "
@@ -597,16 +645,16 @@ def main(argv=None):
         except ImportError:
             log(f"{r} is not installed; skipping it")
             runners.remove(r)
-    nets = {}
+    nets, states = {}, {}
     for net in args.nets.split(","):
         log(f"{net}: {', '.join(runners)}")
-        nets[net] = bench_net(net, runners, args.epochs, args.threads, args.seed, log)
+        nets[net], states[net] = bench_net(net, runners, args.epochs, args.threads, args.seed, log)
     cli = None if args.skip_cli else bench_cli(args.threads, log)
     info = machine(args.threads)
-    print(markdown(info, nets, cli, args.epochs))
+    print(markdown(info, nets, states, cli, args.epochs))
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"machine": info, "nets": nets, "cli": cli, "epochs": args.epochs,
+            {"machine": info, "nets": nets, "states": states, "cli": cli, "epochs": args.epochs,
              "targets": [{"target": t, "measured": v, "met": ok}
                          for t, v, ok in targets(nets, cli)]}, indent=2))
 
