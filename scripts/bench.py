@@ -350,7 +350,7 @@ class StateProbe:
     An update step is such a write: BLAS's second thread read the weights in the products just
     before. ``epoch`` times one: the time to add to three 512 x 512 arrays that two-thread
     products have just read, over the time to add to three they have not. About 1.5 in the fast
-    state; 9-12 in the slow one, where bpnet's update takes 5-6x as long."""
+    state; 7-13 in the slow one, where bpnet's update takes 5-6x as long."""
 
     def __init__(self, *args):
         import numpy as np
@@ -446,7 +446,7 @@ def bench_net(net, runners, epochs, threads, seed, log):
         for e in range(epochs + 1):  # epoch 0 is the warm-up
             time.sleep(SETTLE_S)
             states.append(probe.ask(f"epoch {e}")["write_cost"])
-            log(f"  {net} round {e}: machine state {states[-1]:.1f} (1.5 fast, 9-12 slow)")
+            log(f"  {net} round {e}: machine state {states[-1]:.1f} (1.5 fast, 7-13 slow)")
             turn = names[e % len(names):] + names[:e % len(names)]
             for r in turn:
                 time.sleep(SETTLE_S)
@@ -600,7 +600,7 @@ def markdown(info, nets, states, cli, epochs):
             shape = ""
     lines += ["", "Machine state before each round of epochs, warm-up first (a core's cost to write "
               "memory the other core has just read, over its own; about 1.5 in the fast state, "
-              "9-12 in the slow one): " + "; ".join(
+              "7-13 in the slow one): " + "; ".join(
                   f"{net} {', '.join(f'{c:.1f}' for c in costs)}" for net, costs in states.items())]
     if cli:
         lines += ["", f"`bpnet train configs/mnist_mlp.yaml`: 98% test accuracy "
