@@ -16,7 +16,7 @@ that floor; a ``gemm_split`` worker runs the products bpnet does run, and bpnet'
 that time says how much it spends outside them. Before each round of epochs a ``probe`` worker
 measures the machine's state (``StateProbe``): these 2-core machines have a slow state, minutes
 long, in which a core's writes to memory the other core has read cost many times as much, and
-the table says which rounds ran in it.
+the output says which rounds ran in it.
 
 Also measured for bpnet itself (skip with --skip-cli): ``bpnet --help`` wall time, the fixed
 overhead of ``bpnet train`` up to its first batch with warm kernel caches, and the time to 98%
