@@ -437,7 +437,8 @@ def bench_net(net, runners, epochs, threads, seed, log):
     the machine's state (``StateProbe``) before each round of epochs."""
     workers = {r: Worker(r, net, threads, seed) for r in runners}
     results = {r: {"epochs": []} for r in runners}
-    probe, states = Worker("probe", net, threads, seed), []
+    # two BLAS threads whatever the runners use: the probe needs a second core's cache
+    probe, states = Worker("probe", net, max(2, threads), seed), []
     try:
         probe.ask()
         for r, w in workers.items():
