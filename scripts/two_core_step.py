@@ -131,26 +131,28 @@ def make_two_core_step(sgemm):
             bias_relu(h2, b2, lo, hi)
             met += 1
             _meet(arrivals, me, met)
-            if me == 0:  # the 10 outputs, the loss's gradient and the last layer's gradient
-                gemm(NO_TRANS, TRANS, B, C, H, h2, 0, H, W3, 0, H, z3, 0, C)
-                for i in range(B):
-                    top = z3[i, 0] + b3[0]
-                    for c in range(C):
-                        z3[i, c] += b3[c]
-                        top = max(top, z3[i, c])
-                    total = np.float32(0)
-                    for c in range(C):
-                        dz3[i, c] = np.exp(z3[i, c] - top)
-                        total += dz3[i, c]
-                    for c in range(C):
-                        dz3[i, c] /= total
-                    dz3[i, labels[i]] -= 1
-                    for c in range(C):
-                        dz3[i, c] /= B
-                gemm(TRANS, NO_TRANS, C, H, B, dz3, 0, C, h2, 0, H, G3, 0, H)
-                column_sums(dz3, g3, 0, C)
+            # the 10 outputs and the loss's gradient for this thread's half of the batch
+            first, last = me * B // 2, (me + 1) * B // 2
+            gemm(NO_TRANS, TRANS, last - first, C, H, h2, first * H, H, W3, 0, H, z3, first * C, C)
+            for i in range(first, last):
+                top = z3[i, 0] + b3[0]
+                for c in range(C):
+                    z3[i, c] += b3[c]
+                    top = max(top, z3[i, c])
+                total = np.float32(0)
+                for c in range(C):
+                    dz3[i, c] = np.exp(z3[i, c] - top)
+                    total += dz3[i, c]
+                for c in range(C):
+                    dz3[i, c] /= total
+                dz3[i, labels[i]] -= 1
+                for c in range(C):
+                    dz3[i, c] /= B
             met += 1
-            _meet(arrivals, me, met)
+            _meet(arrivals, me, met)  # all of dz3
+            gemm(TRANS, NO_TRANS, C, half, B, dz3, 0, C, h2, lo, H, G3, lo, H)
+            if me == 0:
+                column_sums(dz3, g3, 0, C)
             gemm(NO_TRANS, NO_TRANS, B, half, C, dz3, 0, C, W3, lo, H, dh2, lo, H)
             for i in range(B):
                 for j in range(lo, hi):
@@ -171,8 +173,9 @@ def make_two_core_step(sgemm):
             update(b1, g1, moms[1], lo, hi)
             update(W2.ravel(), G2.ravel(), moms[2].ravel(), lo * H, hi * H)
             update(b2, g2, moms[3], lo, hi)
+            for c in range(C):  # the last layer's columns that meet this thread's units
+                update(W3[c], G3[c], moms[4][c], lo, hi)
             if me == 0:
-                update(W3.ravel(), G3.ravel(), moms[4].ravel(), 0, W3.size)
                 update(b3, g3, moms[5], 0, C)
             met += 1
             _meet(arrivals, me, met)  # nobody overwrites h1, h2 or dh1 still being read
