@@ -93,28 +93,36 @@ def make_two_core_step(sgemm):
         sgemm(ROW_MAJOR, trans_a, trans_b, m, n, k, np.float32(1), a.ctypes.data + 4 * a_at, lda,
               b.ctypes.data + 4 * b_at, ldb, np.float32(0), c.ctypes.data + 4 * c_at, ldc)
 
+    # The loops run over slices from 0: an index from range(lo, hi) might be negative for all
+    # numba knows, and the wraparound it adds for that keeps LLVM from vectorising (5x slower).
     @njit(nogil=True, inline="always")
     def bias_relu(z, b, lo, hi):
+        b = b[lo:hi]
         for i in range(z.shape[0]):
-            for j in range(lo, hi):
-                v = z[i, j] + b[j]
-                z[i, j] = v if v > 0 else np.float32(0)
+            row = z[i, lo:hi]
+            for j in range(row.shape[0]):
+                v = row[j] + b[j]
+                row[j] = v if v > 0 else np.float32(0)
 
     @njit(nogil=True, inline="always")
     def column_sums(d, out, lo, hi):
-        out[lo:hi] = 0
+        out = out[lo:hi]
+        out[:] = 0
         for i in range(d.shape[0]):
-            for j in range(lo, hi):
-                out[j] += d[i, j]
+            row = d[i, lo:hi]
+            for j in range(row.shape[0]):
+                out[j] += row[j]
 
     @njit(nogil=True, inline="always")
-    def update(w, g, v, lo, hi):
-        for q in range(lo, hi):
-            v[q] = MOMENTUM * v[q] + LR * g[q]
+    def update(w, g, v, lo, hi, lr, momentum):
+        w, g, v = w[lo:hi], g[lo:hi], v[lo:hi]
+        for q in range(w.shape[0]):  # float32 arguments: global constants would be float64
+            v[q] = momentum * v[q] + lr * g[q]
             w[q] -= v[q]
 
     @njit(nogil=True, error_model="numpy")
-    def step(me, steps, arrivals, x, labels, params, grads, moms, h1, h2, z3, dz3, dh2, dh1):
+    def step(me, steps, arrivals, x, labels, params, grads, moms, h1, h2, z3, dz3, dh2, dh1,
+             lr, momentum):
         W1, b1, W2, b2, W3, b3 = params
         G1, g1, G2, g2, G3, g3 = grads
         B, n_in = x.shape
@@ -155,9 +163,10 @@ def make_two_core_step(sgemm):
                 column_sums(dz3, g3, 0, C)
             gemm(NO_TRANS, NO_TRANS, B, half, C, dz3, 0, C, W3, lo, H, dh2, lo, H)
             for i in range(B):
-                for j in range(lo, hi):
-                    if h2[i, j] <= 0:
-                        dh2[i, j] = 0
+                d, h = dh2[i, lo:hi], h2[i, lo:hi]
+                for j in range(d.shape[0]):
+                    if h[j] <= 0:
+                        d[j] = 0
             column_sums(dh2, g2, lo, hi)
             gemm(TRANS, NO_TRANS, half, H, B, dh2, lo, H, h1, 0, H, G2, lo * H, H)
             gemm(NO_TRANS, NO_TRANS, B, H, half, dh2, lo, H, W2, lo * H, H, dh1[me], 0, H)
@@ -165,18 +174,19 @@ def make_two_core_step(sgemm):
             _meet(arrivals, me, met)  # both threads' parts of dh1
             mine, other = dh1[me], dh1[1 - me]
             for i in range(B):
-                for j in range(lo, hi):
-                    mine[i, j] = mine[i, j] + other[i, j] if h1[i, j] > 0 else np.float32(0)
+                d, e, h = mine[i, lo:hi], other[i, lo:hi], h1[i, lo:hi]
+                for j in range(d.shape[0]):
+                    d[j] = d[j] + e[j] if h[j] > 0 else np.float32(0)
             column_sums(mine, g1, lo, hi)
             gemm(TRANS, NO_TRANS, half, n_in, B, mine, lo, H, x, 0, n_in, G1, lo * n_in, n_in)
-            update(W1.ravel(), G1.ravel(), moms[0].ravel(), lo * n_in, hi * n_in)
-            update(b1, g1, moms[1], lo, hi)
-            update(W2.ravel(), G2.ravel(), moms[2].ravel(), lo * H, hi * H)
-            update(b2, g2, moms[3], lo, hi)
+            update(W1.ravel(), G1.ravel(), moms[0].ravel(), lo * n_in, hi * n_in, lr, momentum)
+            update(b1, g1, moms[1], lo, hi, lr, momentum)
+            update(W2.ravel(), G2.ravel(), moms[2].ravel(), lo * H, hi * H, lr, momentum)
+            update(b2, g2, moms[3], lo, hi, lr, momentum)
             for c in range(C):  # the last layer's columns that meet this thread's units
-                update(W3[c], G3[c], moms[4][c], lo, hi)
+                update(W3[c], G3[c], moms[4][c], lo, hi, lr, momentum)
             if me == 0:
-                update(b3, g3, moms[5], 0, C)
+                update(b3, g3, moms[5], 0, C, lr, momentum)
             met += 1
             _meet(arrivals, me, met)  # nobody overwrites h1, h2 or dh1 still being read
         return met
@@ -205,7 +215,7 @@ def run_two_core(step, blas, net, x, labels, steps):
     blas.set_num_threads(1)  # each thread's products on its own core
     arrivals = np.zeros(16, np.int64)
     args = (steps, arrivals, x, labels, net.params, net.grads, net.moms, net.h1, net.h2, net.z3,
-            net.dz3, net.dh2, net.dh1)
+            net.dz3, net.dh2, net.dh1, LR, MOMENTUM)
     other = threading.Thread(target=step, args=(1, *args))
     other.start()
     step(0, *args)
