@@ -350,16 +350,20 @@ def split_columns(x, columns, dense, base, xd, starts, tail_k, tail_v):
     tail_v: x's dtype, of one length. NaN counts as a departure.
     """
     count, room = 0, tail_k.shape[0]
+    # loops from 0 over slices: an index from range(dense, n) may be negative for all numba
+    # knows, and its wraparound check on every access cost a quarter of the time (75 -> 55 us
+    # for 128 MNIST rows)
+    sparse, sparse_base = columns[dense:], base[dense:]
     for i in range(x.shape[0]):
         starts[i] = count
         xi, di = x[i], xd[i]
-        for j in range(dense):
+        for j in range(di.shape[0]):
             di[j] = xi[columns[j]]
-        for k in range(dense, columns.shape[0]):
-            v = xi[columns[k]] - base[k]
+        for k in range(sparse.shape[0]):
+            v = xi[sparse[k]] - sparse_base[k]
             if v != 0:
                 if count < room:
-                    tail_k[count] = k
+                    tail_k[count] = dense + k
                     tail_v[count] = v
                 count += 1
     starts[x.shape[0]] = count
