@@ -116,7 +116,7 @@ def make_two_core_step(sgemm):
     @njit(nogil=True, inline="always")
     def update(w, g, v, lo, hi, lr, momentum):
         w, g, v = w[lo:hi], g[lo:hi], v[lo:hi]
-        for q in range(w.shape[0]):  # float32 arguments: global constants would be float64
+        for q in range(w.shape[0]):
             v[q] = momentum * v[q] + lr * g[q]
             w[q] -= v[q]
 
