@@ -84,6 +84,10 @@ class Solver:
             kernels.jit.sgd_update(self._data, grads, *self._slots, self._bounds, rates, decays,
                                    typed(cfg["momentum"]), cfg["type"] == "nesterov")
 
+    def offset_of(self, param):
+        """Where ``param``'s values start in the flat buffers, in elements."""
+        return (param.data.ctypes.data - self._data.ctypes.data) // self._data.itemsize
+
     def reset(self):
         """Forget the momentum (Adam: both moments and the step count), keep the weights."""
         for flat in self._slots:

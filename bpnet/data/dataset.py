@@ -54,11 +54,17 @@ class Dataset:
     def batch(self, rows, out):
         """``out`` = the scaled inputs of ``rows``: (batch,) int64, each in 0..len - 1. The
         kernel reads them unchecked, for the training loop; ``inputs`` checks them."""
-        mean = self._typed.get(out.dtype)
-        if mean is None:
-            mean = self._typed[out.dtype] = self.mean.astype(out.dtype)
-        kernels.jit.gather_scale(self.x, rows, mean, out.dtype.type(self.scale), out)
+        kernels.jit.gather_scale(self.x, rows, self.mean_as(out.dtype), out.dtype.type(self.scale),
+                                 out)
         return out
+
+    def mean_as(self, dtype):
+        """``mean`` in ``dtype``, as the gather kernel takes it."""
+        dtype = np.dtype(dtype)
+        mean = self._typed.get(dtype)
+        if mean is None:
+            mean = self._typed[dtype] = self.mean.astype(dtype)
+        return mean
 
     def stored_zero(self, dtype=np.float32):
         """(n_features,): what a stored 0 becomes, (0 - mean) * scale, computed as ``batch``

@@ -61,31 +61,49 @@ def _slope_from_output(y, kind, alpha, one):
 
 
 @kernel(inline="always")
-def _sigmoid_rows_float32(x, b, y):
-    """y = 1 / (1 + exp(-(x + b))) for float32 (batch, n) arrays, b: (n,).
+def _exp_parts_float32(v):
+    """exp(-v) for the float32 sigmoid as (m, e): m times the float whose bits are e.
 
-    libm's expf is a scalar call that keeps the loop from vectorising (half the time of a
+    libm's expf is a scalar call that keeps a loop from vectorising (half the time of a
     sigmoid layer went there). Here exp(t) = 2^k p(r), t = k ln2 + r, |r| <= ln2 / 2, with
     Cephes' expf polynomial for p (error under 2 ulp) and 2^k built from its exponent bits,
     so every loop is straight-line arithmetic. t is clamped to [-87, 88], where 2^k stays a
     normal float; the sigmoid is then within 1e-38 of 0 or 1 anyway.
     """
     f = np.float32
+    t = min(max(-v, f(-87.0)), f(88.0))
+    k = np.floor(t * f(1.44269504088896341) + f(0.5))
+    r = t - k * f(0.693359375) - k * f(-2.12194440e-4)
+    p = f(1.9875691500e-4) * r + f(1.3981999507e-3)
+    p = (((p * r + f(8.3334519073e-3)) * r + f(4.1665795894e-2)) * r
+         + f(1.6666665459e-1)) * r + f(5.0000001201e-1)
+    return p * r * r + r + f(1), (np.int32(k) + 127) << 23
+
+
+@kernel(inline="always")
+def _sigmoid_rows_float32(x, b, y):
+    """y = 1 / (1 + exp(-(x + b))) for float32 (batch, n) arrays, b: (n,) (see
+    ``_exp_parts_float32``)."""
+    f = np.float32
     bits = np.empty(x.shape[1], np.int32)
     scale = bits.view(np.float32)
     for i in range(x.shape[0]):
         xi, yi = x[i], y[i]
         for j in range(x.shape[1]):
-            t = min(max(-(xi[j] + b[j]), f(-87.0)), f(88.0))
-            k = np.floor(t * f(1.44269504088896341) + f(0.5))
-            r = t - k * f(0.693359375) - k * f(-2.12194440e-4)
-            p = f(1.9875691500e-4) * r + f(1.3981999507e-3)
-            p = (((p * r + f(8.3334519073e-3)) * r + f(4.1665795894e-2)) * r
-                 + f(1.6666665459e-1)) * r + f(5.0000001201e-1)
-            yi[j] = p * r * r + r + f(1)
-            bits[j] = (np.int32(k) + 127) << 23
+            yi[j], bits[j] = _exp_parts_float32(xi[j] + b[j])
         for j in range(x.shape[1]):
             yi[j] = f(1) / (f(1) + yi[j] * scale[j])
+
+
+@kernel(inline="always")
+def _sigmoid_row_float32(x, b, y, bits, scale):
+    """The same for one row: x, b, y of one length, ``bits`` int32 scratch as long and
+    ``scale`` its float32 view."""
+    f = np.float32
+    for j in range(x.shape[0]):
+        y[j], bits[j] = _exp_parts_float32(x[j] + b[j])
+    for j in range(x.shape[0]):
+        y[j] = f(1) / (f(1) + y[j] * scale[j])
 
 
 @kernel
@@ -122,15 +140,20 @@ def act_backward(dy, y, dx, kind, alpha):
 
 
 @kernel(inline="always")
+def _backward_row(dy, y, dz, db, kind, alpha, one):
+    """dz = dy * f'(x) and db += dz for one row (all of one length)."""
+    # Two passes: with dz and db stored in one loop LLVM cannot rule out aliasing and stays
+    # scalar; apart, both loops vectorise.
+    for j in range(dy.shape[0]):
+        dz[j] = dy[j] * _slope_from_output(y[j], kind, alpha, one)
+    for j in range(dy.shape[0]):
+        db[j] += dz[j]
+
+
+@kernel(inline="always")
 def _backward_rows(dy, y, dz, db, kind, alpha, one):
-    # Two passes over each row: with dz and db stored in one loop LLVM cannot rule out
-    # aliasing and stays scalar; apart, both loops vectorise.
     for i in range(dy.shape[0]):
-        dyi, yi, dzi = dy[i], y[i], dz[i]
-        for j in range(dy.shape[1]):
-            dzi[j] = dyi[j] * _slope_from_output(yi[j], kind, alpha, one)
-        for j in range(dy.shape[1]):
-            db[j] += dzi[j]
+        _backward_row(dy[i], y[i], dz[i], db, kind, alpha, one)
 
 
 @kernel
