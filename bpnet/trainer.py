@@ -19,6 +19,7 @@ from .progress import EpochProgress
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
 from .sparse_input import use_sparse_input
+from .two_cores import CHUNK, for_training
 
 
 class Interrupted(BpnetError):
@@ -45,6 +46,10 @@ class Trainer:
             log(f"{first.name}: {dense} of {first.n_in} inputs through BLAS; the other "
                 f"{first.n_in - dense}, mostly at one value, by their departures from it")
         self.solver = Solver(self.s, self.net.params)
+        self.two_cores = for_training(self.net, self.solver, self.train_set, self.s["batch_size"])
+        if self.two_cores is not None:
+            log("training steps shared by the 2 cores: each owns half of every hidden layer's "
+                "units")
         _, _, self.shuffle_rng = seeds(self.cfg["seed"])
         self.batches_per_epoch = math.ceil(len(self.train_set) / self.s["batch_size"])
         self.newbob = Newbob(self.s) if self.s["lr_policy"] == "newbob" else None
@@ -100,14 +105,32 @@ class Trainer:
 
     def _run_epoch(self):
         """Batches from ``position`` to the end of the epoch; an update every ``iter_size``."""
-        iter_size, last, first = self.s["iter_size"], self.batches_per_epoch - 1, self.position
         self._inputs = {}
-        started = time.perf_counter()
-        pending = 0
+        self._started = time.perf_counter()
         label = f"epoch {self.epoch + 1}/{self.s['epochs']}"
-        progress = EpochProgress(self.progress, self.log, label, first, self.batches_per_epoch,
-                                 self._running)
-        for b in range(first, self.batches_per_epoch):
+        progress = EpochProgress(self.progress, self.log, label, self.position,
+                                 self.batches_per_epoch, self._running)
+        try:
+            if self.two_cores is None:
+                self._batches(self.position, self.batches_per_epoch, progress)
+            else:
+                with self.two_cores.cores():
+                    self._two_core_batches(progress)
+        finally:
+            progress.close()
+            self._count_seconds()
+
+    def _count_seconds(self):
+        """Add the time trained since the last count to the epoch's."""
+        now = time.perf_counter()
+        self.sums["seconds"] += now - self._started
+        self._started = now
+
+    def _batches(self, first, end, progress):
+        """Batches ``first`` to ``end``, an update every ``iter_size`` and at the epoch's end."""
+        iter_size, last = self.s["iter_size"], self.batches_per_epoch - 1
+        pending = 0
+        for b in range(first, end):
             pending += self._accumulate(b)
             if (b + 1 - first) % iter_size and b != last:
                 continue
@@ -115,15 +138,39 @@ class Trainer:
                 self.sums["lr"] = self._checked_lr()
                 self.solver.step(self.sums["lr"], batches=pending)
             self.net.zero_grad()
-            # position advances with every update: the schedule reads it (see lr)
-            pending, self.iteration, self.position = 0, self.iteration + 1, b + 1
-            progress.batch_done(b)
-            if self._signal is not None:
-                self.sums["seconds"] += time.perf_counter() - started
-                progress.close()
-                self._interrupt()
-        progress.close()
-        self.sums["seconds"] += time.perf_counter() - started
+            pending = 0
+            self._updated(b, progress)
+
+    def _two_core_batches(self, progress):
+        """The epoch's batches as ``two_cores`` runs them, CHUNK at a time; a batch whose loss
+        or rate is not finite goes the usual way, which skips it or stops."""
+        b = self.position
+        while b < self.batches_per_epoch:
+            lrs = [self.lr(b + k) for k in range(min(CHUNK, self.batches_per_epoch - b))]
+            count = next((k for k, lr in enumerate(lrs) if not math.isfinite(lr)), len(lrs))
+            done, losses, corrects = self.two_cores.run(self.order, b, count, lrs[:count])
+            for k in range(done):
+                rows = min(self.s["batch_size"], len(self.order) - b * self.s["batch_size"])
+                self.sums["lr"] = lrs[k]
+                self.sums["loss"] += float(losses[k])
+                self.sums["correct"] += int(corrects[k])
+                self.sums["units"] += self.net.loss.accuracy_units(rows)
+                self.sums["samples"] += rows
+                self._updated(b, progress, signals=k == done - 1)
+                b += 1
+            if done < count:
+                self._batches(b, b + 1, progress)
+                b += 1
+
+    def _updated(self, b, progress, signals=True):
+        """Batch ``b`` ended with an update (or its turn for one): advance the clock."""
+        # position advances with every update: the schedule reads it (see lr)
+        self.iteration, self.position = self.iteration + 1, b + 1
+        progress.batch_done(b)
+        if signals and self._signal is not None:
+            progress.close()
+            self._count_seconds()  # first: the checkpoint keeps the sums
+            self._interrupt()
 
     def _accumulate(self, b):
         """Forward and backward batch ``b`` of the epoch; 1 if its gradient counts, else 0."""
@@ -194,26 +241,28 @@ class Trainer:
 
     # ----- learning rate, progress, signals --------------------------------------------------
 
-    def lr(self):
-        """The rate of the next update (see clock)."""
+    def lr(self, position=None):
+        """The rate of the next update, or of the update after batch ``position`` (see clock)."""
         if self.newbob:
             return self.newbob.lr
-        return learning_rate(self.s, self.epoch + self.clock())
+        return learning_rate(self.s, self.epoch + self.clock(position))
 
-    def clock(self):
+    def clock(self, position=None):
         """The share of this epoch done, as the schedule reads it. The clock counts updates,
         as Caffe's iterations, in epochs: updates done / updates per epoch. After a resume in
         mid-epoch with another batch_size or iter_size it starts where the checkpoint left it,
-        and the epoch's remaining updates share the rest of the epoch."""
+        and the epoch's remaining updates share the rest of the epoch. ``position``: the
+        batches done, by default those done now."""
         iter_size, batches = self.s["iter_size"], self.batches_per_epoch
+        position = self.position if position is None else position
         if self.resumed_at is None:
-            return (self.position / iter_size) / math.ceil(batches / iter_size)
+            return (position / iter_size) / math.ceil(batches / iter_size)
         then, first = self.resumed_at
         left = max(math.ceil((batches - first) / iter_size), 1)
-        return then + (1 - then) * ((self.position - first) / iter_size) / left
+        return then + (1 - then) * ((position - first) / iter_size) / left
 
-    def _checked_lr(self):
-        lr = self.lr()
+    def _checked_lr(self, position=None):
+        lr = self.lr(position)
         if not math.isfinite(lr):
             raise ConfigError(f"the {self.s['lr_policy']} policy's learning rate overflows in "
                               f"epoch {self.epoch + 1} (gamma {self.s['gamma']:g}); lower "

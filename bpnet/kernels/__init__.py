@@ -49,7 +49,7 @@ def load():
 
 
 def __getattr__(name):
-    if name in ("jit", "reference"):  # importing a submodule also sets it on this package
+    if name in ("jit", "reference", "two_cores"):  # importing a submodule also sets it on this package
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

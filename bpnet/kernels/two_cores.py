@@ -1,0 +1,328 @@
+"""The compiled training step of ``bpnet.two_cores``: a run of batches of an MLP, shared out
+between two threads by the units of every hidden layer.
+
+Both threads call ``train_batches`` with the same arguments but ``me`` (0 or 1). Thread
+``me`` owns its half of each hidden layer's units: it computes their outputs, their deltas
+and the gradients of the weights and biases that feed them, and updates those; the output
+layer's rows of the batch (forward and loss) are shared by halves of the batch, and its
+weights by the hidden units they read. Each thread's products run on one BLAS thread,
+OpenBLAS's ``cblas_sgemm`` called through its address; the threads meet at spin barriers,
+in compiled code that holds no GIL (a hand-off through Python costs 40-60 us, a spin barrier
+45-190 ns).
+
+The maths is ``Net``'s and ``Solver``'s (momentum SGD, Caffe's form), with the same kernels
+for the elementwise parts; only the order of some sums differs (float32 rounding).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .codes import LEAKY_RELU, RELU, SIGMOID, TANH
+from .jit import (_activate, _add_scaled, _backward_row, _sgd_span, _sigmoid_row_float32,
+                  gather_scale, kernel, softmax_xent, split_columns)
+
+NO_TRANS, TRANS = 111, 112
+_ROW_MAJOR = 101
+_SLOT = 8  # int64s between the two threads' arrival counters: one 64-byte line each
+
+
+@intrinsic
+def _sgemm(typingctx, address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
+    """C = op(A) op(B), row-major float32, by the ILP64 ``cblas_sgemm`` at ``address``
+    (a, b, c: the matrices' addresses; every other argument an integer)."""
+    signature = types.void(address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
+
+    def codegen(context, builder, sig, args):
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        ptr = f32.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, f32, ptr, i64, ptr,
+                                               i64, f32, ptr, i64])
+        wide = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
+        address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc = wide
+        function = builder.inttoptr(address, fnty.as_pointer())
+        builder.call(function, [i32(_ROW_MAJOR), builder.trunc(trans_a, i32),
+                                builder.trunc(trans_b, i32), m, n, k, f32(1.0),
+                                builder.inttoptr(a, ptr), lda, builder.inttoptr(b, ptr), ldb,
+                                f32(0.0), builder.inttoptr(c, ptr), ldc])
+        return context.get_dummy_value()
+    return signature, codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.load_atomic(builder.gep(data, [args[1]]), "acquire", 8)
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def _store_release(typingctx, array, index, value):
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        builder.store_atomic(args[2], builder.gep(data, [args[1]]), "release", 8)
+        return context.get_dummy_value()
+    return types.void(array, index, value), codegen
+
+
+@kernel(inline="always")
+def _meet(arrivals, me, count):
+    """Arrive for the ``count``-th time and spin until the other thread has too."""
+    _store_release(arrivals, me * _SLOT, count)
+    while _load_acquire(arrivals, (1 - me) * _SLOT) < count:
+        pass
+
+
+@kernel(nogil=True)
+def _gemm(sgemm, trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
+    """c[c_at...] = op(a[a_at...]) op(b[b_at...]) (offsets in elements of the flat arrays);
+    nothing for an empty result. An empty sum (k = 0) gives zeros, as BLAS defines it."""
+    if m == 0 or n == 0:
+        return
+    _sgemm(sgemm, trans_a, trans_b, m, n, k, a.ctypes.data + 4 * a_at, lda,
+           b.ctypes.data + 4 * b_at, ldb, c.ctypes.data + 4 * c_at, ldc)
+
+
+@kernel(inline="always")
+def units(me, n):
+    """Thread ``me``'s units of a layer of ``n``: [lo, hi)."""
+    return me * (n // 2), n // 2 + me * (n - n // 2)
+
+
+@kernel(inline="always")
+def _departures(tail_starts, tail_k, tail_v, n, rows, flat, at, width, lo, hi, to_flat):
+    """For each departure (k, v) of row i of both threads' rows (see split_columns), and the
+    columns lo:hi: rows[i] += v * (row k of the (n_in, width) matrix at ``flat[at]``), or
+    with ``to_flat`` that row += v * rows[i]."""
+    for t in range(2):
+        t0, t1 = units(t, n)
+        starts = tail_starts[t]
+        for i in range(t1 - t0):
+            row = rows[t0 + i, lo:hi]
+            for e in range(starts[i], starts[i + 1]):
+                start = at + tail_k[t, e] * width
+                if to_flat:
+                    _add_scaled(tail_v[t, e], row, flat[start + lo:start + hi])
+                else:
+                    _add_scaled(tail_v[t, e], flat[start + lo:start + hi], row)
+
+
+@kernel(nogil=True)
+def _bias_act(h, rows, b, lo, hi, kind, alpha, bits):
+    """h[:rows, lo:hi] = f(h + b[lo:hi])."""
+    b = b[lo:hi]
+    one = np.float32(1)
+    if kind == SIGMOID:
+        bits = bits[:hi - lo]
+        scale = bits.view(np.float32)
+        for i in range(rows):
+            _sigmoid_row_float32(h[i, lo:hi], b, h[i, lo:hi], bits, scale)
+        return
+    for i in range(rows):
+        row = h[i, lo:hi]
+        for j in range(row.shape[0]):
+            row[j] = _activate(row[j] + b[j], kind, alpha, one)
+
+
+@kernel(inline="always")
+def _rows_backward(d, h, rows, db, lo, hi, kind, alpha):
+    one = np.float32(1)
+    for i in range(rows):
+        _backward_row(d[i, lo:hi], h[i, lo:hi], d[i, lo:hi], db, kind, alpha, one)
+
+
+@kernel(nogil=True)
+def _act_backward(d, h, rows, db, lo, hi, kind, alpha):
+    """d[:rows, lo:hi] *= f'(x) from the outputs h; db[lo:hi] = the sums of its rows. One call
+    per activation with ``kind`` a constant, so the loops vectorise (see jit)."""
+    db = db[lo:hi]
+    db[:] = 0
+    if kind == RELU:
+        _rows_backward(d, h, rows, db, lo, hi, RELU, alpha)
+    elif kind == LEAKY_RELU:
+        _rows_backward(d, h, rows, db, lo, hi, LEAKY_RELU, alpha)
+    elif kind == SIGMOID:
+        _rows_backward(d, h, rows, db, lo, hi, SIGMOID, alpha)
+    else:  # TANH: an activation layer is one of these four
+        _rows_backward(d, h, rows, db, lo, hi, TANH, alpha)
+
+
+@kernel(nogil=True)
+def _update(data, grad, mom, start, stop, rate, decay, momentum, nesterov):
+    _sgd_span(data[start:stop], grad[start:stop], mom[start:stop], rate, momentum, decay,
+              nesterov)
+
+
+@kernel(nogil=True)
+def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
+                  x, lab, split, columns, dense, base, any_base, xd, tail_starts, tail_k, tail_v,
+                  bias1, dims, data, grad, mom, offsets, rates, decays, momentum, nesterov,
+                  kinds, alphas, hs, parts, z, dz, bits, arrivals, sgemm, losses, corrects):
+    """Thread ``me``'s share of ``count`` training steps (see the module's docstring); returns
+    how many were done: fewer when a batch's loss is not finite, before its backward.
+
+    Batch k is ``order[bounds[k]:bounds[k + 1]]`` of ``x_store`` (scaled by ``mean`` and
+    ``scale`` into ``x``) and ``labels`` (into ``lab``). ``split``: the first layer's products
+    are split as ``sparse_input`` plans (``columns``, ``dense``, ``base``, ``any_base``; room
+    ``xd`` and per thread ``tail_*``; ``bias1`` the bias with the base values' part).
+    ``dims``: the layer widths, input first. ``data``, ``grad``, ``mom``: the solver's flat
+    buffers; parameter p (W1, b1, W2, ...) starts at ``offsets[p]``, the first W stored
+    input-major, the others output-major; ``rates[k, p]``, ``decays[p]``: its rate in step k and
+    its decay. ``kinds``, ``alphas``: each hidden layer's activation. ``hs``: the hidden layers'
+    outputs; ``parts``: per hidden layer, each thread's part of its input gradient (its own
+    units' deltas are kept in its own part); ``z``, ``dz``: the logits and their gradient;
+    ``bits``: int32 scratch, a row per thread. ``losses[k, me]``, ``corrects[k, me]``: the
+    summed loss and the correct rows of this thread's half of batch k. ``arrivals``: zeros,
+    16 int64.
+    """
+    hidden = kinds.shape[0]
+    n_in, classes = dims[0], dims[hidden + 1]
+    top = dims[hidden]  # the last hidden layer's width
+    out_w, out_b = offsets[2 * hidden], offsets[2 * hidden + 1]
+    met = 0
+    for k in range(count):
+        rows = order[bounds[k]:bounds[k + 1]]
+        n = rows.shape[0]
+        r0, r1 = units(me, n)  # this thread's rows, where work is shared by rows
+        gather_scale(x_store, rows[r0:r1], mean, scale, x[r0:r1])
+        for i in range(r0, r1):
+            lab[i] = labels[rows[i]]
+        if split:
+            split_columns(x[r0:r1], columns, dense, base, xd[r0:r1], tail_starts[me],
+                          tail_k[me], tail_v[me])
+        met += 1
+        _meet(arrivals, me, met)  # all of x (and its split) in place
+
+        # ----- forward: the first layer, this thread's units -------------------------------
+        n1 = dims[1]
+        lo, hi = units(me, n1)
+        w1, b1 = offsets[0], offsets[1]
+        h = hs[0]
+        if split:
+            _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, dense, xd, 0, max(dense, 1), data,
+                  w1 + lo, n1, h, lo, n1)
+            _departures(tail_starts, tail_k, tail_v, n, h, data, w1, n1, lo, hi, False)
+            bias, b = bias1[lo:hi], data[b1 + lo:b1 + hi]
+            for j in range(b.shape[0]):
+                bias[j] = b[j]
+            bias = bias1
+            if any_base:  # the base values' part, b W^T, the same for every example
+                for c in range(dense, n_in):
+                    _add_scaled(base[c], data[w1 + c * n1 + lo:w1 + c * n1 + hi], bias[lo:hi])
+        else:
+            _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, n_in, x, 0, n_in, data, w1 + lo, n1,
+                  h, lo, n1)
+            bias = data[b1:b1 + n1]
+        _bias_act(h, n, bias, lo, hi, kinds[0], alphas[0], bits[me])
+        met += 1
+        _meet(arrivals, me, met)
+
+        # ----- forward: the other hidden layers ----------------------------------------------
+        for layer in range(1, hidden):
+            width, fan_in = dims[layer + 1], dims[layer]
+            lo, hi = units(me, width)
+            w, b = offsets[2 * layer], offsets[2 * layer + 1]
+            _gemm(sgemm, NO_TRANS, TRANS, n, hi - lo, fan_in, hs[layer - 1], 0, fan_in, data,
+                  w + lo * fan_in, fan_in, hs[layer], lo, width)
+            _bias_act(hs[layer], n, data[b:b + width], lo, hi, kinds[layer], alphas[layer],
+                      bits[me])
+            met += 1
+            _meet(arrivals, me, met)
+
+        # ----- the output layer and the loss, this thread's rows ----------------------------
+        last = hs[hidden - 1]
+        _gemm(sgemm, NO_TRANS, TRANS, r1 - r0, classes, top, last, r0 * top, top, data, out_w,
+              top, z, r0 * classes, classes)
+        bias = data[out_b:out_b + classes]
+        for i in range(r0, r1):
+            zi = z[i]
+            for c in range(classes):
+                zi[c] += bias[c]
+        loss, correct = softmax_xent(z[r0:r1], lab[r0:r1], dz[r0:r1], np.float32(1.0 / n))
+        losses[k, me], corrects[k, me] = loss, correct
+        met += 1
+        _meet(arrivals, me, met)  # all of dz, and both halves of the loss
+        if not np.isfinite((losses[k, 0] + losses[k, 1]) / n):
+            return k  # both threads stop here: the caller takes this batch its own way
+
+        # ----- backward: the output layer's weights that meet this thread's units -----------
+        lo, hi = units(me, top)
+        _gemm(sgemm, TRANS, NO_TRANS, classes, hi - lo, n, dz, 0, classes, last, lo, top,
+              grad, out_w + lo, top)
+        if me == 0:
+            gb = grad[out_b:out_b + classes]
+            gb[:] = 0
+            for i in range(n):
+                _add_scaled(np.float32(1), dz[i], gb)
+        delta = parts[hidden - 1][me]
+        _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, classes, dz, 0, classes, data, out_w + lo,
+              top, delta, lo, top)
+        b = offsets[2 * hidden - 1]
+        _act_backward(delta, last, n, grad[b:b + top], lo, hi, kinds[hidden - 1],
+                      alphas[hidden - 1])
+
+        # ----- backward: the hidden layers above the first -------------------------------
+        for layer in range(hidden - 1, 0, -1):
+            width, fan_in = dims[layer + 1], dims[layer]
+            lo, hi = units(me, width)
+            w = offsets[2 * layer]
+            delta, below = parts[layer][me], parts[layer - 1][me]
+            _gemm(sgemm, TRANS, NO_TRANS, hi - lo, fan_in, n, delta, lo, width, hs[layer - 1], 0,
+                  fan_in, grad, w + lo * fan_in, fan_in)
+            # this thread's units' share of every input's gradient; the two shares add up
+            _gemm(sgemm, NO_TRANS, NO_TRANS, n, fan_in, hi - lo, delta, lo, width, data,
+                  w + lo * fan_in, fan_in, below, 0, fan_in)
+            met += 1
+            _meet(arrivals, me, met)
+            lo, hi = units(me, fan_in)
+            other = parts[layer - 1][1 - me]
+            for i in range(n):
+                mine, theirs = below[i, lo:hi], other[i, lo:hi]
+                for j in range(mine.shape[0]):
+                    mine[j] += theirs[j]
+            b = offsets[2 * layer - 1]
+            _act_backward(below, hs[layer - 1], n, grad[b:b + fan_in], lo, hi,
+                          kinds[layer - 1], alphas[layer - 1])
+
+        # ----- backward: the first layer's weights ---------------------------------------
+        lo, hi = units(me, n1)
+        delta = parts[0][me]
+        if split:
+            _gemm(sgemm, TRANS, NO_TRANS, dense, hi - lo, n, xd, 0, max(dense, 1), delta, lo,
+                  n1, grad, w1 + lo, n1)
+            dz_sum = grad[b1 + lo:b1 + hi]  # the sum of the deltas' rows: the bias gradient
+            for c in range(dense, n_in):
+                g = grad[w1 + c * n1 + lo:w1 + c * n1 + hi]
+                scaled = base[c] if any_base else np.float32(0)
+                for j in range(g.shape[0]):
+                    g[j] = scaled * dz_sum[j]
+            _departures(tail_starts, tail_k, tail_v, n, delta, grad, w1, n1, lo, hi, True)
+        else:
+            _gemm(sgemm, TRANS, NO_TRANS, n_in, hi - lo, n, x, 0, n_in, delta, lo, n1, grad,
+                  w1 + lo, n1)
+
+        # ----- update: what this thread owns ---------------------------------------------
+        for c in range(n_in):
+            _update(data, grad, mom, w1 + c * n1 + lo, w1 + c * n1 + hi, rates[k, 0], decays[0],
+                    momentum, nesterov)
+        _update(data, grad, mom, b1 + lo, b1 + hi, rates[k, 1], decays[1], momentum, nesterov)
+        for layer in range(1, hidden):
+            width, fan_in = dims[layer + 1], dims[layer]
+            lo, hi = units(me, width)
+            w, b = offsets[2 * layer], offsets[2 * layer + 1]
+            _update(data, grad, mom, w + lo * fan_in, w + hi * fan_in, rates[k, 2 * layer],
+                    decays[2 * layer], momentum, nesterov)
+            _update(data, grad, mom, b + lo, b + hi, rates[k, 2 * layer + 1],
+                    decays[2 * layer + 1], momentum, nesterov)
+        lo, hi = units(me, top)
+        for c in range(classes):
+            _update(data, grad, mom, out_w + c * top + lo, out_w + c * top + hi,
+                    rates[k, 2 * hidden], decays[2 * hidden], momentum, nesterov)
+        if me == 0:
+            _update(data, grad, mom, out_b, out_b + classes, rates[k, 2 * hidden + 1],
+                    decays[2 * hidden + 1], momentum, nesterov)
+        met += 1
+        _meet(arrivals, me, met)  # nobody overwrites what the other still reads
+    return count
