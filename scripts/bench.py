@@ -51,8 +51,9 @@ NETS = {
 }
 MOMENTUM = 0.9
 SETTLE_S = 0.5  # between two runners' epochs: OpenBLAS and OpenMP threads stop spinning by then
-RUNNERS = ("bpnet", "torch", "sklearn", "numpy", "gemm", "gemm_split")
-LABELS = {"bpnet": "bpnet", "torch": "PyTorch", "sklearn": "scikit-learn",
+RUNNERS = ("bpnet", "bpnet_usual", "torch", "sklearn", "numpy", "gemm", "gemm_split")
+LABELS = {"bpnet": "bpnet", "bpnet_usual": "bpnet, usual loop", "torch": "PyTorch",
+          "sklearn": "scikit-learn",
           "numpy": "plain numpy", "gemm": "GEMM floor", "gemm_split": "bpnet's products alone"}
 
 
@@ -100,6 +101,7 @@ class BpnetRunner:
         from bpnet.data import Dataset
         from bpnet.solver import Solver
         from bpnet.sparse_input import use_sparse_input
+        from bpnet.two_cores import for_training
 
         layers = []
         for i, n in enumerate(hidden, 1):
@@ -117,10 +119,19 @@ class BpnetRunner:
         self.test = Dataset(xt, self.net.loss.targets_from(yt, None), *inputs)
         use_sparse_input(self.net, self.train)  # as the Trainer does, before its Solver
         self.solver, self.batch, self.lr = Solver(cfg["solver"], self.net.params), batch, lr
+        self.two_cores = for_training(self.net, self.solver, self.train, batch)
         self.np = np
 
     def epoch(self, order):
         import math
+        if self.two_cores is not None:
+            from bpnet.two_cores import CHUNK
+            batches = math.ceil(len(order) / self.batch)
+            with self.two_cores.cores():
+                for b in range(0, batches, CHUNK):
+                    count = min(CHUNK, batches - b)
+                    self.two_cores.run(order, b, count, [self.lr] * count)
+            return
         net, data, bs, buffers = self.net, self.train, self.batch, {}
         for b in range(math.ceil(len(order) / bs)):
             rows = order[b * bs:(b + 1) * bs]
@@ -137,6 +148,15 @@ class BpnetRunner:
     def accuracy(self):
         from bpnet.session import evaluate
         return evaluate(self.net, self.test)["accuracy"]
+
+
+class BpnetUsualRunner(BpnetRunner):
+    """bpnet with its usual loop (numpy's products on OpenBLAS's threads), not the two-core
+    steps: what those steps gain, in the same run."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.two_cores = None
 
 
 class TorchRunner:
@@ -384,7 +404,8 @@ def worker(runner, net, threads, seed):
     hidden, act, batch, lr = NETS[net]
     data = load_mnist()
     weights = initial_weights([784, *hidden, 10], act, seed)
-    cls = {"bpnet": BpnetRunner, "torch": TorchRunner, "sklearn": SklearnRunner,
+    cls = {"bpnet": BpnetRunner, "bpnet_usual": BpnetUsualRunner, "torch": TorchRunner,
+           "sklearn": SklearnRunner,
            "numpy": NumpyRunner, "gemm": GemmRunner, "gemm_split": SplitGemmRunner,
            "probe": StateProbe}[runner]
     args = (hidden, act, batch, lr, weights, data, input_transform(act, data[0])) \
@@ -484,12 +505,19 @@ def bench_cli(threads, log):
     log(f"  bpnet --help: {out['help_s']:.3f} s")
 
     # The real command, stopped at its first batch: the child notes the wall clock when
-    # Net.forward is first called in training mode and exits.
+    # Net.forward is first called in training mode, or the two-core steps are ready to run
+    # their first batch, and exits.
     probe = ("import os, sys, time\n"
              "import bpnet.net as n\n"
              "def first(self, *a, **k):\n"
              "    print(time.time(), flush=True); os._exit(0)\n"
              "n.Net.forward = first\n"
+             "import bpnet.two_cores as t\n"
+             "run = t.TwoCoreSteps.run\n"
+             "def first_steps(self, order, b, count, lrs):\n"
+             "    run(self, order, b, 0, lrs[:0])\n"  # loads the compiled steps, as run does
+             "    first(None)\n"
+             "t.TwoCoreSteps.run = first_steps\n"
              "from bpnet.cli import cli\n"
              "cli(sys.argv[1:])\n")
     overheads = []
@@ -639,7 +667,7 @@ def main(argv=None):
 
     runners = args.runners.split(",") if args.runners else list(RUNNERS)
     if args.skip_peers:
-        runners = [r for r in runners if r in ("bpnet", "gemm", "gemm_split")]
+        runners = [r for r in runners if r in ("bpnet", "bpnet_usual", "gemm", "gemm_split")]
     for r in [r for r in runners if r in ("torch", "sklearn")]:
         try:
             __import__(r)
