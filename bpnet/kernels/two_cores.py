@@ -29,23 +29,26 @@ _SLOT = 8  # int64s between the two threads' arrival counters: one 64-byte line 
 
 
 @intrinsic
-def _sgemm(typingctx, address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc):
-    """C = op(A) op(B), row-major float32, by the ILP64 ``cblas_sgemm`` at ``address``
-    (a, b, c: the matrices' addresses; every other argument an integer)."""
-    signature = types.void(address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
+def _sgemm(typingctx, address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """C = alpha op(A) op(B) + beta C, row-major float32, by the ILP64 ``cblas_sgemm`` at
+    ``address`` (a, b, c: the matrices' addresses; alpha, beta float32; every other argument
+    an integer)."""
+    signature = types.void(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                           ldc)
 
     def codegen(context, builder, sig, args):
         i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
         ptr = f32.as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, f32, ptr, i64, ptr,
                                                i64, f32, ptr, i64])
-        wide = [context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args)]
-        address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc = wide
+        wide = [context.cast(builder, v, t, types.float32 if i in (6, 11) else types.int64)
+                for i, (v, t) in enumerate(zip(args, sig.args))]
+        address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = wide
         function = builder.inttoptr(address, fnty.as_pointer())
         builder.call(function, [i32(_ROW_MAJOR), builder.trunc(trans_a, i32),
-                                builder.trunc(trans_b, i32), m, n, k, f32(1.0),
+                                builder.trunc(trans_b, i32), m, n, k, alpha,
                                 builder.inttoptr(a, ptr), lda, builder.inttoptr(b, ptr), ldb,
-                                f32(0.0), builder.inttoptr(c, ptr), ldc])
+                                beta, builder.inttoptr(c, ptr), ldc])
         return context.get_dummy_value()
     return signature, codegen
 
@@ -76,13 +79,15 @@ def _meet(arrivals, me, count):
 
 
 @kernel(nogil=True)
-def _gemm(sgemm, trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
-    """c[c_at...] = op(a[a_at...]) op(b[b_at...]) (offsets in elements of the flat arrays);
-    nothing for an empty result. An empty sum (k = 0) gives zeros, as BLAS defines it."""
+def _gemm(sgemm, trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc,
+          alpha=np.float32(1), beta=np.float32(0)):
+    """c[c_at...] = alpha op(a[a_at...]) op(b[b_at...]) + beta c[c_at...] (offsets in elements
+    of the flat arrays); nothing for an empty result. An empty sum (k = 0) gives beta c, as
+    BLAS defines it."""
     if m == 0 or n == 0:
         return
-    _sgemm(sgemm, trans_a, trans_b, m, n, k, a.ctypes.data + 4 * a_at, lda,
-           b.ctypes.data + 4 * b_at, ldb, c.ctypes.data + 4 * c_at, ldc)
+    _sgemm(sgemm, trans_a, trans_b, m, n, k, alpha, a.ctypes.data + 4 * a_at, lda,
+           b.ctypes.data + 4 * b_at, ldb, beta, c.ctypes.data + 4 * c_at, ldc)
 
 
 @kernel(inline="always")
@@ -92,10 +97,11 @@ def units(me, n):
 
 
 @kernel(inline="always")
-def _departures(tail_starts, tail_k, tail_v, n, rows, flat, at, width, lo, hi, to_flat):
+def _departures(tail_starts, tail_k, tail_v, n, rows, flat, at, width, lo, hi, to_flat,
+                scale):
     """For each departure (k, v) of row i of both threads' rows (see split_columns), and the
     columns lo:hi: rows[i] += v * (row k of the (n_in, width) matrix at ``flat[at]``), or
-    with ``to_flat`` that row += v * rows[i]."""
+    with ``to_flat`` that row += scale * v * rows[i]."""
     for t in range(2):
         t0, t1 = units(t, n)
         starts = tail_starts[t]
@@ -104,7 +110,7 @@ def _departures(tail_starts, tail_k, tail_v, n, rows, flat, at, width, lo, hi, t
             for e in range(starts[i], starts[i + 1]):
                 start = at + tail_k[t, e] * width
                 if to_flat:
-                    _add_scaled(tail_v[t, e], row, flat[start + lo:start + hi])
+                    _add_scaled(scale * tail_v[t, e], row, flat[start + lo:start + hi])
                 else:
                     _add_scaled(tail_v[t, e], flat[start + lo:start + hi], row)
 
@@ -156,6 +162,36 @@ def _update(data, grad, mom, start, stop, rate, decay, momentum, nesterov):
 
 
 @kernel(nogil=True)
+def _descend(data, mom, start, stop, rate_decay):
+    """w -= v over data[start:stop], after v += rate * decay * w: the update of a weight whose
+    momentum its gradient's product already made m v + rate g (see ``train_batches``)."""
+    w, v = data[start:stop], mom[start:stop]
+    if rate_decay != 0:
+        for i in range(w.shape[0]):
+            v[i] += rate_decay * w[i]
+    for i in range(w.shape[0]):
+        w[i] -= v[i]
+
+
+@kernel(inline="always")
+def _into(fused, rate, momentum):
+    """(alpha, beta) of a weight gradient's product: into the momentum, m v + rate g, when
+    ``fused``; else into the gradient."""
+    if fused:
+        return rate, momentum
+    return np.float32(1), np.float32(0)
+
+
+@kernel(inline="always")
+def _update_weight(data, grad, mom, start, stop, rate, decay, momentum, nesterov):
+    """A weight's update, its momentum made by its gradient's product unless ``nesterov``."""
+    if nesterov:
+        _update(data, grad, mom, start, stop, rate, decay, momentum, nesterov)
+    else:
+        _descend(data, mom, start, stop, rate * decay)
+
+
+@kernel(nogil=True)
 def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                   x, lab, split, columns, dense, base, any_base, xd, tail_starts, tail_k, tail_v,
                   bias1, dims, data, grad, mom, offsets, rates, decays, momentum, nesterov,
@@ -181,6 +217,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
     n_in, classes = dims[0], dims[hidden + 1]
     top = dims[hidden]  # the last hidden layer's width
     out_w, out_b = offsets[2 * hidden], offsets[2 * hidden + 1]
+    fused = not nesterov
+    wgrad = mom if fused else grad  # where the weights' gradient products go
     met = 0
     for k in range(count):
         rows = order[bounds[k]:bounds[k + 1]]
@@ -203,7 +241,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         if split:
             _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, dense, xd, 0, max(dense, 1), data,
                   w1 + lo, n1, h, lo, n1)
-            _departures(tail_starts, tail_k, tail_v, n, h, data, w1, n1, lo, hi, False)
+            _departures(tail_starts, tail_k, tail_v, n, h, data, w1, n1, lo, hi, False,
+                        np.float32(1))
             bias, b = bias1[lo:hi], data[b1 + lo:b1 + hi]
             for j in range(b.shape[0]):
                 bias[j] = b[j]
@@ -249,8 +288,9 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
 
         # ----- backward: the output layer's weights that meet this thread's units -----------
         lo, hi = units(me, top)
+        alpha, beta = _into(fused, rates[k, 2 * hidden], momentum)
         _gemm(sgemm, TRANS, NO_TRANS, classes, hi - lo, n, dz, 0, classes, last, lo, top,
-              grad, out_w + lo, top)
+              wgrad, out_w + lo, top, alpha, beta)
         if me == 0:
             gb = grad[out_b:out_b + classes]
             gb[:] = 0
@@ -269,8 +309,9 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
             lo, hi = units(me, width)
             w = offsets[2 * layer]
             delta, below = parts[layer][me], parts[layer - 1][me]
+            alpha, beta = _into(fused, rates[k, 2 * layer], momentum)
             _gemm(sgemm, TRANS, NO_TRANS, hi - lo, fan_in, n, delta, lo, width, hs[layer - 1], 0,
-                  fan_in, grad, w + lo * fan_in, fan_in)
+                  fan_in, wgrad, w + lo * fan_in, fan_in, alpha, beta)
             # this thread's units' share of every input's gradient; the two shares add up
             _gemm(sgemm, NO_TRANS, NO_TRANS, n, fan_in, hi - lo, delta, lo, width, data,
                   w + lo * fan_in, fan_in, below, 0, fan_in)
@@ -289,37 +330,43 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         # ----- backward: the first layer's weights ---------------------------------------
         lo, hi = units(me, n1)
         delta = parts[0][me]
+        alpha, beta = _into(fused, rates[k, 0], momentum)
         if split:
             _gemm(sgemm, TRANS, NO_TRANS, dense, hi - lo, n, xd, 0, max(dense, 1), delta, lo,
-                  n1, grad, w1 + lo, n1)
+                  n1, wgrad, w1 + lo, n1, alpha, beta)
             dz_sum = grad[b1 + lo:b1 + hi]  # the sum of the deltas' rows: the bias gradient
             for c in range(dense, n_in):
-                g = grad[w1 + c * n1 + lo:w1 + c * n1 + hi]
-                scaled = base[c] if any_base else np.float32(0)
-                for j in range(g.shape[0]):
-                    g[j] = scaled * dz_sum[j]
-            _departures(tail_starts, tail_k, tail_v, n, delta, grad, w1, n1, lo, hi, True)
+                g = wgrad[w1 + c * n1 + lo:w1 + c * n1 + hi]
+                scaled = alpha * base[c] if any_base else np.float32(0)
+                if fused:
+                    for j in range(g.shape[0]):
+                        g[j] = beta * g[j] + scaled * dz_sum[j]
+                else:
+                    for j in range(g.shape[0]):
+                        g[j] = scaled * dz_sum[j]
+            _departures(tail_starts, tail_k, tail_v, n, delta, wgrad, w1, n1, lo, hi, True,
+                        alpha)
         else:
-            _gemm(sgemm, TRANS, NO_TRANS, n_in, hi - lo, n, x, 0, n_in, delta, lo, n1, grad,
-                  w1 + lo, n1)
+            _gemm(sgemm, TRANS, NO_TRANS, n_in, hi - lo, n, x, 0, n_in, delta, lo, n1, wgrad,
+                  w1 + lo, n1, alpha, beta)
 
         # ----- update: what this thread owns ---------------------------------------------
         for c in range(n_in):
-            _update(data, grad, mom, w1 + c * n1 + lo, w1 + c * n1 + hi, rates[k, 0], decays[0],
-                    momentum, nesterov)
+            _update_weight(data, grad, mom, w1 + c * n1 + lo, w1 + c * n1 + hi, rates[k, 0],
+                           decays[0], momentum, nesterov)
         _update(data, grad, mom, b1 + lo, b1 + hi, rates[k, 1], decays[1], momentum, nesterov)
         for layer in range(1, hidden):
             width, fan_in = dims[layer + 1], dims[layer]
             lo, hi = units(me, width)
             w, b = offsets[2 * layer], offsets[2 * layer + 1]
-            _update(data, grad, mom, w + lo * fan_in, w + hi * fan_in, rates[k, 2 * layer],
-                    decays[2 * layer], momentum, nesterov)
+            _update_weight(data, grad, mom, w + lo * fan_in, w + hi * fan_in,
+                           rates[k, 2 * layer], decays[2 * layer], momentum, nesterov)
             _update(data, grad, mom, b + lo, b + hi, rates[k, 2 * layer + 1],
                     decays[2 * layer + 1], momentum, nesterov)
         lo, hi = units(me, top)
         for c in range(classes):
-            _update(data, grad, mom, out_w + c * top + lo, out_w + c * top + hi,
-                    rates[k, 2 * hidden], decays[2 * hidden], momentum, nesterov)
+            _update_weight(data, grad, mom, out_w + c * top + lo, out_w + c * top + hi,
+                           rates[k, 2 * hidden], decays[2 * hidden], momentum, nesterov)
         if me == 0:
             _update(data, grad, mom, out_b, out_b + classes, rates[k, 2 * hidden + 1],
                     decays[2 * hidden + 1], momentum, nesterov)
