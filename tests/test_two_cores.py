@@ -28,7 +28,11 @@ pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 
 
 
 @pytest.fixture(autouse=True)
-def two_blas_threads():
+def two_blas_threads(monkeypatch):
+    """Two BLAS threads, and the shared steps for any net they take: the tests' nets are
+    far too small for them to pay."""
+    monkeypatch.setattr(two_cores, "MIN_UNITS", 1)
+    monkeypatch.setattr(two_cores, "MAX_HIDDEN", 99)
     with threadpool_limits(2, user_api="blas"):
         yield
 
@@ -113,6 +117,17 @@ def test_what_they_do_not_take_goes_the_usual_way(solver, reason):
     cfg = resolve({"net": {"layers": layers_of([4], ["relu"]), "loss": "softmax_cross_entropy"},
                    "solver": {"lr": 0.1, **solver}})
     assert two_cores.unsupported(build_net(cfg, N_IN), cfg["solver"]) == reason
+
+
+def test_nets_where_they_do_not_pay_go_the_usual_way(monkeypatch):
+    monkeypatch.undo()  # the thresholds as shipped
+    nets = {name: build_net(resolve({"net": {"layers": layers_of(widths, [act] * len(widths)),
+                                              "loss": "softmax_cross_entropy"}}), N_IN)
+            for name, widths, act in (("medium", [512, 512], "relu"), ("small", [128], "relu"),
+                                      ("sigmoid", [1024] * 4, "sigmoid"))}
+    assert two_cores.measured_slower(nets["medium"]) is None
+    assert "fewer than 256 units" in two_cores.measured_slower(nets["small"])
+    assert "more than 2 hidden layers" in two_cores.measured_slower(nets["sigmoid"])
 
 
 @pytest.mark.parametrize("layers, loss", [
