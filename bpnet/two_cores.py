@@ -31,10 +31,11 @@ from .sparse_input import SparseInputStage
 
 CHUNK = 16  # batches per call of the compiled steps: the Trainer looks at signals between calls
 # Where the shared steps were measured faster than the usual loop (scripts/bench.py, both
-# in one run, 2026-11-30): medium net 0.86-0.90 of its time, large 0.91-0.97. Not so the
-# small net's 128 units (1.09: steps too short for the barriers and the thread started
-# per call) or the sigmoid net's four layers of 1024 (1.00 in the fast state, 1.10 in the
-# slow one: more activations cross between the cores per product), which keep the usual loop.
+# in one run, 2026-11-30): the medium net in 0.80 of its time in the slow state and 0.89-0.91
+# in the fast one, the large net in 0.95. Not so the small net's 128 units (1.09: steps too
+# short for the barriers and the thread started per call) or the sigmoid net's four layers of
+# 1024 (1.00 in the fast state, 1.10 in the slow one: more activations cross between the cores
+# per product), which keep the usual loop.
 MIN_UNITS, MAX_HIDDEN = 256, 2
 MAX_TAIL = 1 << 24  # departures a thread may need room for (the worst case), else not used
 # OpenBLAS's cblas_sgemm with 64-bit integers, as numpy's wheels carry it
@@ -172,6 +173,8 @@ class TwoCoreSteps:
         batch k at rate ``lrs[k]``; inside ``cores``. Returns how many were done (fewer when
         a batch's loss is not finite: that batch is left to the caller, untouched), and
         their summed losses and correct counts."""
+        if not 0 <= count <= CHUNK:
+            raise ValueError(f"{count} batches in one call; at most {CHUNK}")
         bounds = np.minimum(np.arange(first, first + count + 1) * self.batch, len(order))
         rates = np.outer(lrs, self.lr_mults).astype(np.float32)  # as the Solver computes them
         data, solver, cfg = self.data, self.solver, self.solver.cfg

@@ -7,8 +7,8 @@ and the gradients of the weights and biases that feed them, and updates those; t
 layer's rows of the batch (forward and loss) are shared by halves of the batch, and its
 weights by the hidden units they read. Each thread's products run on one BLAS thread,
 OpenBLAS's ``cblas_sgemm`` called through its address; the threads meet at spin barriers,
-in compiled code that holds no GIL (a hand-off through Python costs 40-60 us, a spin barrier
-45-190 ns).
+in compiled code that holds no GIL (a hand-off through Python's threading.Barrier costs 40-65 us
+here, a spin barrier 45-260 ns: ``python scripts/bench.py --handoffs``).
 
 The maths is ``Net``'s and ``Solver``'s (momentum SGD, Caffe's form), with the same kernels
 for the elementwise parts; only the order of some sums differs (float32 rounding).
@@ -174,6 +174,20 @@ def _descend(data, mom, start, stop, rate_decay):
 
 
 @kernel(inline="always")
+def _descend_late(w, v, momentum, scaled, dz_sum, rate_decay):
+    """v = m v + scaled dz_sum + rate decay w, then w -= v: a split first layer's row whose
+    departures were added to v divided by m (see ``train_batches``)."""
+    if scaled == 0 and rate_decay == 0:  # MNIST's pixels: base 0, and no decay
+        for j in range(w.shape[0]):
+            v[j] = momentum * v[j]
+            w[j] -= v[j]
+        return
+    for j in range(w.shape[0]):
+        v[j] = momentum * v[j] + scaled * dz_sum[j] + rate_decay * w[j]
+        w[j] -= v[j]
+
+
+@kernel(inline="always")
 def _into(fused, rate, momentum):
     """(alpha, beta) of a weight gradient's product: into the momentum, m v + rate g, when
     ``fused``; else into the gradient."""
@@ -331,29 +345,39 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         lo, hi = units(me, n1)
         delta = parts[0][me]
         alpha, beta = _into(fused, rates[k, 0], momentum)
+        # the rows of inputs mostly at their base value: with momentum, m v + rate g in one pass
+        # with the update, as m (v + rate / m g) (a pass over them fewer)
+        late = fused and split and momentum >= 0.5
         if split:
             _gemm(sgemm, TRANS, NO_TRANS, dense, hi - lo, n, xd, 0, max(dense, 1), delta, lo,
                   n1, wgrad, w1 + lo, n1, alpha, beta)
             dz_sum = grad[b1 + lo:b1 + hi]  # the sum of the deltas' rows: the bias gradient
-            for c in range(dense, n_in):
-                g = wgrad[w1 + c * n1 + lo:w1 + c * n1 + hi]
-                scaled = alpha * base[c] if any_base else np.float32(0)
-                if fused:
-                    for j in range(g.shape[0]):
-                        g[j] = beta * g[j] + scaled * dz_sum[j]
-                else:
-                    for j in range(g.shape[0]):
-                        g[j] = scaled * dz_sum[j]
+            if not late:
+                for c in range(dense, n_in):
+                    g = wgrad[w1 + c * n1 + lo:w1 + c * n1 + hi]
+                    scaled = alpha * base[c] if any_base else np.float32(0)
+                    if fused:
+                        for j in range(g.shape[0]):
+                            g[j] = beta * g[j] + scaled * dz_sum[j]
+                    else:
+                        for j in range(g.shape[0]):
+                            g[j] = scaled * dz_sum[j]
             _departures(tail_starts, tail_k, tail_v, n, delta, wgrad, w1, n1, lo, hi, True,
-                        alpha)
+                        alpha / momentum if late else alpha)
         else:
             _gemm(sgemm, TRANS, NO_TRANS, n_in, hi - lo, n, x, 0, n_in, delta, lo, n1, wgrad,
                   w1 + lo, n1, alpha, beta)
 
         # ----- update: what this thread owns ---------------------------------------------
-        for c in range(n_in):
+        for c in range(dense if late else n_in):
             _update_weight(data, grad, mom, w1 + c * n1 + lo, w1 + c * n1 + hi, rates[k, 0],
                            decays[0], momentum, nesterov)
+        if late:
+            for c in range(dense, n_in):
+                at = w1 + c * n1
+                _descend_late(data[at + lo:at + hi], mom[at + lo:at + hi], momentum,
+                              alpha * base[c] if any_base else np.float32(0),
+                              grad[b1 + lo:b1 + hi], alpha * decays[0])
         _update(data, grad, mom, b1 + lo, b1 + hi, rates[k, 1], decays[1], momentum, nesterov)
         for layer in range(1, hidden):
             width, fan_in = dims[layer + 1], dims[layer]
