@@ -24,6 +24,7 @@ test accuracy and peak RSS of ``bpnet train configs/mnist_mlp.yaml`` from the co
 
     python scripts/bench.py                          # all networks, all peers, ~15 minutes
     python scripts/bench.py --nets small,medium --epochs 3 --json bench.json
+    python scripts/bench.py --handoffs               # a hand-off between two threads
 """
 
 import json
@@ -119,6 +120,9 @@ class BpnetRunner:
         self.test = Dataset(xt, self.net.loss.targets_from(yt, None), *inputs)
         use_sparse_input(self.net, self.train)  # as the Trainer does, before its Solver
         self.solver, self.batch, self.lr = Solver(cfg["solver"], self.net.params), batch, lr
+        if os.environ.get("BENCH_TWO_CORES_ANYWHERE"):  # --two-cores-anywhere
+            import bpnet.two_cores
+            bpnet.two_cores.MIN_UNITS, bpnet.two_cores.MAX_HIDDEN = 1, 1 << 30
         self.two_cores = for_training(self.net, self.solver, self.train, batch)
         self.np = np
 
@@ -554,6 +558,40 @@ def bench_cli(threads, log):
     return out
 
 
+def handoffs():
+    """What one hand-off between two threads costs: through Python (a threading.Barrier, which
+    passes the GIL), and at the spin barrier of bpnet's two-core steps, in compiled code."""
+    import threading
+    import numpy as np
+    from numba import njit
+    from bpnet.kernels.two_cores import _meet
+
+    n, barrier = 20000, threading.Barrier(2)
+
+    def cross():
+        for _ in range(n):
+            barrier.wait()
+    other = threading.Thread(target=cross)
+    other.start()
+    started = time.perf_counter()
+    cross()
+    other.join()
+    print(f"threading.Barrier: {(time.perf_counter() - started) / n * 1e6:.1f} us a crossing")
+
+    @njit(nogil=True)
+    def spin(arrivals, me, n):
+        for k in range(1, n + 1):
+            _meet(arrivals, me, k)
+    spin(np.zeros(16, np.int64), 0, 0)
+    n, arrivals = 200000, np.zeros(16, np.int64)
+    other = threading.Thread(target=spin, args=(arrivals, 1, n))
+    other.start()
+    started = time.perf_counter()
+    spin(arrivals, 0, n)
+    other.join()
+    print(f"spin barrier: {(time.perf_counter() - started) / n * 1e9:.0f} ns a crossing")
+
+
 def machine(threads):
     import numpy as np
     from threadpoolctl import threadpool_info
@@ -657,10 +695,19 @@ def main(argv=None):
     p.add_argument("--skip-cli", action="store_true",
                    help="skip --help, start-up overhead and time-to-98%% measurements")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--two-cores-anywhere", action="store_true",
+                   help="bpnet's two-core steps for every net they take, even where they were "
+                        "measured slower than its usual loop")
+    p.add_argument("--handoffs", action="store_true",
+                   help="only time a hand-off between two threads, through Python and compiled")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.nets, args.threads, args.seed)
+    if args.handoffs:
+        return handoffs()
+    if args.two_cores_anywhere:
+        os.environ["BENCH_TWO_CORES_ANYWHERE"] = "1"  # the workers inherit it
 
     def log(text):
         print(text, file=sys.stderr, flush=True)
