@@ -122,7 +122,7 @@ class BpnetRunner:
         self.solver, self.batch, self.lr = Solver(cfg["solver"], self.net.params), batch, lr
         if os.environ.get("BENCH_TWO_CORES_ANYWHERE"):  # --two-cores-anywhere
             import bpnet.two_cores
-            bpnet.two_cores.MIN_UNITS, bpnet.two_cores.MAX_HIDDEN = 1, 1 << 30
+            bpnet.two_cores.MIN_UNITS = 1
         self.two_cores = for_training(self.net, self.solver, self.train, batch)
         self.np = np
 
