@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 
 from .codes import LEAKY_RELU, RELU, SIGMOID, TANH
 from .jit import (_activate, _add_scaled, _backward_row, _sgd_span, _sigmoid_row_float32,
-                  gather_scale, kernel, softmax_xent, split_columns)
+                  column_sum, gather_scale, kernel, softmax_xent, split_columns)
 
 NO_TRANS, TRANS = 111, 112
 _ROW_MAJOR = 101
@@ -306,10 +306,7 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         _gemm(sgemm, TRANS, NO_TRANS, classes, hi - lo, n, dz, 0, classes, last, lo, top,
               wgrad, out_w + lo, top, alpha, beta)
         if me == 0:
-            gb = grad[out_b:out_b + classes]
-            gb[:] = 0
-            for i in range(n):
-                _add_scaled(np.float32(1), dz[i], gb)
+            column_sum(dz[:n], grad[out_b:out_b + classes], True)
         delta = parts[hidden - 1][me]
         _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, classes, dz, 0, classes, data, out_w + lo,
               top, delta, lo, top)
