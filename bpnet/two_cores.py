@@ -145,6 +145,11 @@ class TwoCoreSteps:
             self.dense, self.columns, self.base = n_in, np.arange(n_in), np.zeros(n_in, np.float32)
             self.room = 1
         self.any_base = bool(self.base[self.dense:].any())
+        # sparse rows without gradient in a step wait for their updates where the compiled
+        # steps allow it (``lazy`` in kernels.two_cores)
+        self.lazy = True
+        self.waiting = np.zeros((2, n_in), np.int64)
+        self.seen = np.zeros((2, n_in), np.int64)
         self.xd = np.empty((B, max(self.dense, 1)), np.float32)
         self.tail_starts = np.empty((2, half + 1), np.int64)
         self.tail_k = np.empty((2, min(self.room, MAX_TAIL)), np.int64)
@@ -178,6 +183,7 @@ class TwoCoreSteps:
         args = [bounds, order, data.x, data.mean_as(np.float32), np.float32(data.scale), data.y,
                 self.x, self.labels, self.split, self.columns, self.dense, self.base,
                 self.any_base, self.xd, self.tail_starts, self.tail_k, self.tail_v, self.bias1,
+                self.lazy, self.waiting, self.seen,
                 self.dims, solver._data, solver._grad, solver._slots[0], self.offsets, rates,
                 self.decays, np.float32(cfg["momentum"]), cfg["type"] == "nesterov",
                 self.kinds, self.alphas, self.hs, self.parts, self.z, self.dz, self.bits,

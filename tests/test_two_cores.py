@@ -50,35 +50,54 @@ def layers_of(widths, acts):
     return layers + [{"name": "out", "type": "affine", "out": CLASSES}]
 
 
-def trained(widths, acts, solver, split, mean, use_two_cores, batches=6):
-    """A net trained ``batches`` steps either way; (params, momenta, losses, corrects)."""
+def trained(widths, acts, solver, split, mean, decay=0.01, use_two_cores=False, batches=6,
+            lazy=True, poisoned=None):
+    """A net trained ``batches`` steps either way (the shared steps' sparse rows waiting for
+    their updates where they can, if ``lazy``), a NaN input in batch ``poisoned`` if given:
+    that batch skipped, as ``on_nonfinite: skip`` does; (params, momenta, losses, corrects)."""
     cfg = resolve({"net": {"layers": layers_of(widths, acts), "loss": "softmax_cross_entropy"},
                    "solver": {"type": solver, "lr": 0.05, "momentum": 0.9,
-                              "weight_decay": 0.01, "batch_size": BATCH}})
+                              "weight_decay": decay, "batch_size": BATCH}})
     rng = np.random.default_rng(3)
     n = BATCH * (batches - 1) + 3  # the last batch short, and odd
-    data = Dataset(inputs(rng, n), rng.integers(0, CLASSES, n).astype(np.int64), mean, 1 / 255)
+    x, order = inputs(rng, n), rng.permutation(n)
+    if poisoned is not None:
+        x = x.astype(np.float32)
+        x[order[poisoned * BATCH], 1] = np.nan  # a column mostly 0: a departure
+    data = Dataset(x, rng.integers(0, CLASSES, n).astype(np.int64), mean, 1 / 255)
     net = build_net(cfg, N_IN)
     if split:
         assert use_sparse_input(net, data) is not None
     solver = Solver(cfg["solver"], net.params)
-    order = rng.permutation(n)
     lrs = np.linspace(0.05, 0.02, batches)
+    losses, corrects = [], []
     if use_two_cores:
         steps = two_cores.for_training(net, solver, data, BATCH)
         assert steps is not None and steps.split == split
+        steps.lazy &= lazy
+        b = 0
         with steps.cores():
-            done, losses, corrects = steps.run(order, 0, batches, lrs)
-        assert done == batches
+            while b < batches:
+                done, loss, correct = steps.run(order, b, batches - b, lrs[b:])
+                losses += list(loss)
+                corrects += list(correct)
+                b += done
+                if b < batches:  # its loss is not finite
+                    assert b == poisoned
+                    losses.append(np.nan)
+                    corrects.append(-1)
+                    b += 1
     else:
-        losses, corrects = [], []
         x = {}
         for b in range(batches):
             rows = order[b * BATCH:(b + 1) * BATCH]
             xb = x.setdefault(len(rows), np.empty((len(rows), N_IN), np.float32))
             loss, correct = net.forward(data.batch(rows, xb), data.y[rows])
-            net.backward()
-            solver.step(lrs[b])
+            if np.isfinite(loss):
+                net.backward()
+                solver.step(lrs[b])
+            else:
+                loss, correct = np.nan, -1
             net.zero_grad()
             losses.append(loss * len(rows))
             corrects.append(correct)
@@ -87,6 +106,8 @@ def trained(widths, acts, solver, split, mean, use_two_cores, batches=6):
 
 CASES = {
     "relu, split": ([12], ["relu"], "sgd", True, 0.0),
+    "relu, split, no decay: rows without gradient wait": ([12], ["relu"], "sgd", True, 0.0,
+                                                          0.0),
     "relu, split, standardised inputs": ([12, 6], ["relu", "relu"], "sgd", True, 40.0),
     "sigmoid, dense": ([9, 7], ["sigmoid", "sigmoid"], "sgd", False, 0.0),
     "tanh and leaky relu, nesterov": ([10, 5, 4], ["tanh", "leaky_relu", "relu"], "nesterov",
@@ -105,6 +126,23 @@ def test_the_steps_are_the_usual_loop_s(case):
         np.testing.assert_allclose(shared[1][name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(shared[2], usual[2], rtol=1e-5)
     np.testing.assert_array_equal(shared[3], usual[3])
+
+
+@pytest.mark.parametrize("batches, poisoned", [(12, None), (12, 3), (4, 3)])
+def test_rows_without_gradient_catch_up_to_the_same_bits(batches, poisoned):
+    """A sparse row that no input of a step departs from waits for its updates (its
+    momentum's decay) until a step reads it, or the call ends, cut short by a loss that is
+    not finite (the last batch, with 4) or not; it then gets them in the same order: the same
+    bits as updating it every step, and the usual loop's steps."""
+    case = CASES["relu, split, no decay: rows without gradient wait"]
+    waited, every_step, usual = (
+        trained(*case, use_two_cores=two, batches=batches, lazy=lazy, poisoned=poisoned)
+        for two, lazy in ((True, True), (True, False), (False, False)))
+    for a, b, c in zip(waited[:2], every_step[:2], usual[:2]):
+        for name in a:
+            assert np.array_equal(a[name], b[name]), name
+            np.testing.assert_allclose(a[name], c[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(waited[2], usual[2], rtol=1e-5)
 
 
 @pytest.mark.parametrize("solver, reason", [

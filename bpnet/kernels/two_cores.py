@@ -188,6 +188,27 @@ def _descend_late(w, v, momentum, scaled, dz_sum, rate_decay):
 
 
 @kernel(inline="always")
+def _decay(w, v, momentum, steps):
+    """``steps`` times v = m v, then w -= v: the updates of a row that had no gradient, in the
+    order ``_descend_late`` makes them, to the same bits."""
+    for _ in range(steps):
+        for j in range(w.shape[0]):
+            v[j] = momentum * v[j]
+            w[j] -= v[j]
+
+
+@kernel(inline="always")
+def _catch_up(data, mom, waiting, at, width, lo, hi, start, stop, momentum):
+    """The updates ``waiting`` for each of rows start:stop of the (n_in, width) matrix at
+    ``data[at]`` (and ``mom[at]``), columns lo:hi."""
+    for c in range(start, stop):
+        if waiting[c] > 0:
+            row = at + c * width
+            _decay(data[row + lo:row + hi], mom[row + lo:row + hi], momentum, waiting[c])
+            waiting[c] = 0
+
+
+@kernel(inline="always")
 def _into(fused, rate, momentum):
     """(alpha, beta) of a weight gradient's product: into the momentum, m v + rate g, when
     ``fused``; else into the gradient."""
@@ -208,8 +229,9 @@ def _update_weight(data, grad, mom, start, stop, rate, decay, momentum, nesterov
 @kernel(nogil=True)
 def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                   x, lab, split, columns, dense, base, any_base, xd, tail_starts, tail_k, tail_v,
-                  bias1, dims, data, grad, mom, offsets, rates, decays, momentum, nesterov,
-                  kinds, alphas, hs, parts, z, dz, bits, arrivals, sgemm, losses, corrects):
+                  bias1, lazy, waiting, seen, dims, data, grad, mom, offsets, rates, decays,
+                  momentum, nesterov, kinds, alphas, hs, parts, z, dz, bits, arrivals, sgemm,
+                  losses, corrects):
     """Thread ``me``'s share of ``count`` training steps (see the module's docstring); returns
     how many were done: fewer when a batch's loss is not finite, before its backward.
 
@@ -217,6 +239,10 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
     ``scale`` into ``x``) and ``labels`` (into ``lab``). ``split``: the first layer's products
     are split as ``sparse_input`` plans (``columns``, ``dense``, ``base``, ``any_base``; room
     ``xd`` and per thread ``tail_*``; ``bias1`` the bias with the base values' part).
+    ``lazy``: a sparse row of the first W that no input of a step departs from has no
+    gradient, and with momentum SGD, no decay and base 0 its update is only its momentum's
+    decay: then it waits until a step reads the row, or the call ends (``waiting[me, c]``: how
+    many updates row c waits for, zero between calls; ``seen[me]``: int64 scratch as long).
     ``dims``: the layer widths, input first. ``data``, ``grad``, ``mom``: the solver's flat
     buffers; parameter p (W1, b1, W2, ...) starts at ``offsets[p]``, the first W stored
     input-major, the others output-major; ``rates[k, p]``, ``decays[p]``: its rate in step k and
@@ -233,6 +259,12 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
     out_w, out_b = offsets[2 * hidden], offsets[2 * hidden + 1]
     fused = not nesterov
     wgrad = mom if fused else grad  # where the weights' gradient products go
+    # the rows of inputs mostly at their base value: with momentum, m v + rate g in one pass
+    # with the update, as m (v + rate / m g) (a pass over them fewer)
+    late = fused and split and momentum >= 0.5
+    lazy = lazy and late and not any_base and decays[0] == 0
+    behind, marks = waiting[me], seen[me]
+    marks[:] = 0
     met = 0
     for k in range(count):
         rows = order[bounds[k]:bounds[k + 1]]
@@ -252,6 +284,14 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         lo, hi = units(me, n1)
         w1, b1 = offsets[0], offsets[1]
         h = hs[0]
+        if lazy:  # the sparse rows this step reads and updates: brought up to date first
+            for t in range(2):
+                t0, t1 = units(t, n)
+                for e in range(tail_starts[t][t1 - t0]):
+                    c = tail_k[t, e]
+                    marks[c] = k + 1
+                    if behind[c] > 0:
+                        _catch_up(data, mom, behind, w1, n1, lo, hi, c, c + 1, momentum)
         if split:
             _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, dense, xd, 0, max(dense, 1), data,
                   w1 + lo, n1, h, lo, n1)
@@ -298,6 +338,9 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         met += 1
         _meet(arrivals, me, met)  # all of dz, and both halves of the loss
         if not np.isfinite((losses[k, 0] + losses[k, 1]) / n):
+            if lazy:
+                lo, hi = units(me, n1)
+                _catch_up(data, mom, behind, w1, n1, lo, hi, dense, n_in, momentum)
             return k  # both threads stop here: the caller takes this batch its own way
 
         # ----- backward: the output layer's weights that meet this thread's units -----------
@@ -342,9 +385,6 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         lo, hi = units(me, n1)
         delta = parts[0][me]
         alpha, beta = _into(fused, rates[k, 0], momentum)
-        # the rows of inputs mostly at their base value: with momentum, m v + rate g in one pass
-        # with the update, as m (v + rate / m g) (a pass over them fewer)
-        late = fused and split and momentum >= 0.5
         if split:
             _gemm(sgemm, TRANS, NO_TRANS, dense, hi - lo, n, xd, 0, max(dense, 1), delta, lo,
                   n1, wgrad, w1 + lo, n1, alpha, beta)
@@ -371,6 +411,9 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                            decays[0], momentum, nesterov)
         if late:
             for c in range(dense, n_in):
+                if lazy and marks[c] != k + 1:
+                    behind[c] += 1
+                    continue
                 at = w1 + c * n1
                 _descend_late(data[at + lo:at + hi], mom[at + lo:at + hi], momentum,
                               alpha * base[c] if any_base else np.float32(0),
@@ -393,4 +436,7 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                     decays[2 * hidden + 1], momentum, nesterov)
         met += 1
         _meet(arrivals, me, met)  # nobody overwrites what the other still reads
+    if lazy:
+        lo, hi = units(me, dims[1])
+        _catch_up(data, mom, behind, offsets[0], dims[1], lo, hi, dense, n_in, momentum)
     return count
