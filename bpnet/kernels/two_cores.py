@@ -187,25 +187,22 @@ def _descend_late(w, v, momentum, scaled, dz_sum, rate_decay):
         w[j] -= v[j]
 
 
-@kernel(inline="always")
-def _decay(w, v, momentum, steps):
-    """``steps`` times v = m v, then w -= v: the updates of a row that had no gradient, in the
-    order ``_descend_late`` makes them, to the same bits."""
-    for _ in range(steps):
-        for j in range(w.shape[0]):
-            v[j] = momentum * v[j]
-            w[j] -= v[j]
-
-
-@kernel(inline="always")
-def _catch_up(data, mom, waiting, at, width, lo, hi, start, stop, momentum):
-    """The updates ``waiting`` for each of rows start:stop of the (n_in, width) matrix at
-    ``data[at]`` (and ``mom[at]``), columns lo:hi."""
-    for c in range(start, stop):
-        if waiting[c] > 0:
-            row = at + c * width
-            _decay(data[row + lo:row + hi], mom[row + lo:row + hi], momentum, waiting[c])
-            waiting[c] = 0
+@kernel(nogil=True)
+def _catch_up(data, mom, behind, marks, mark, at, width, lo, hi, start, momentum):
+    """Rows start: of the (n_in, width) matrix at ``data[at]`` (and ``mom[at]``), columns
+    lo:hi, that are ``behind`` by some updates without gradient and whose ``marks`` are ``mark``
+    (any row, if ``mark`` is 0), get them: v = m v, then w -= v, as many times, in the order
+    ``_descend_late`` makes them, to the same bits."""
+    for c in range(start, behind.shape[0]):
+        if behind[c] == 0 or (mark != 0 and marks[c] != mark):
+            continue
+        row = at + c * width
+        w, v = data[row + lo:row + hi], mom[row + lo:row + hi]
+        for _ in range(behind[c]):
+            for j in range(w.shape[0]):
+                v[j] = momentum * v[j]
+                w[j] -= v[j]
+        behind[c] = 0
 
 
 @kernel(inline="always")
@@ -264,7 +261,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
     late = fused and split and momentum >= 0.5
     lazy = lazy and late and not any_base and decays[0] == 0
     behind, marks = waiting[me], seen[me]
-    marks[:] = 0
+    for c in range(marks.shape[0]):
+        marks[c] = 0
     met = 0
     for k in range(count):
         rows = order[bounds[k]:bounds[k + 1]]
@@ -288,10 +286,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
             for t in range(2):
                 t0, t1 = units(t, n)
                 for e in range(tail_starts[t][t1 - t0]):
-                    c = tail_k[t, e]
-                    marks[c] = k + 1
-                    if behind[c] > 0:
-                        _catch_up(data, mom, behind, w1, n1, lo, hi, c, c + 1, momentum)
+                    marks[tail_k[t, e]] = k + 1
+            _catch_up(data, mom, behind, marks, k + 1, w1, n1, lo, hi, dense, momentum)
         if split:
             _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, dense, xd, 0, max(dense, 1), data,
                   w1 + lo, n1, h, lo, n1)
@@ -338,10 +334,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         met += 1
         _meet(arrivals, me, met)  # all of dz, and both halves of the loss
         if not np.isfinite((losses[k, 0] + losses[k, 1]) / n):
-            if lazy:
-                lo, hi = units(me, n1)
-                _catch_up(data, mom, behind, w1, n1, lo, hi, dense, n_in, momentum)
-            return k  # both threads stop here: the caller takes this batch its own way
+            count = k  # both threads stop here: the caller takes this batch its own way
+            break
 
         # ----- backward: the output layer's weights that meet this thread's units -----------
         lo, hi = units(me, top)
@@ -436,7 +430,7 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                     decays[2 * hidden + 1], momentum, nesterov)
         met += 1
         _meet(arrivals, me, met)  # nobody overwrites what the other still reads
-    if lazy:
+    if lazy:  # every row up to date between calls
         lo, hi = units(me, dims[1])
-        _catch_up(data, mom, behind, offsets[0], dims[1], lo, hi, dense, n_in, momentum)
+        _catch_up(data, mom, behind, marks, 0, offsets[0], dims[1], lo, hi, dense, momentum)
     return count
