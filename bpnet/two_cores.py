@@ -33,8 +33,9 @@ CHUNK = 16  # batches per call of the compiled steps: the Trainer looks at signa
 # The shared steps are used where they were measured faster than the usual loop, or as fast
 # (scripts/bench.py, both in one run, 2026-11-30): the medium net in 0.78-0.82 of its time in
 # the slow state and 0.89-0.91 in the fast one, the large net in 0.92-0.96, the four-layer
-# sigmoid net in 0.88 (slow state) and 1.00 (fast). Not the small net's 128 units: 1.09, its
-# steps too short for the barriers and the thread started with every call.
+# sigmoid net in 0.88 (slow state) and 1.00 (fast). Not the small net's 128 units: 1.09 in
+# the fast state and 1.00 in the slow one, its steps too short for the barriers and the thread
+# started with every call.
 MIN_UNITS = 256
 MAX_TAIL = 1 << 24  # departures a thread may need room for (the worst case), else not used
 # OpenBLAS's cblas_sgemm with 64-bit integers, as numpy's wheels carry it
