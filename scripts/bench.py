@@ -610,33 +610,46 @@ def machine(threads):
 
 
 def targets(nets, cli):
-    """(target, measured, met) rows for the issue's goals."""
+    """(target, measured, per round, met) rows for the issue's goals. "measured" is the ratio
+    of the two runners' median epochs, as the issue states its targets, and decides "met";
+    "per round" is the median over rounds of the ratio of their epochs in the same round,
+    which the machine's changes of state (README) sway less: a runner's median epoch may come
+    from the slow state and the other's from the fast."""
     rows = []
 
     def ratio(net, a, b):
+        """a / b: (the ratio of the median epochs, each round's ratio), or None."""
         r = nets.get(net)
         if r and a in r and b in r:
-            return r[a]["median_s"] / r[b]["median_s"]
+            return (r[a]["median_s"] / r[b]["median_s"],
+                    [x / y for x, y in zip(r[a]["epochs"][1:], r[b]["epochs"][1:])])
         return None
 
-    def add(text, value, limit, fmt="{:.2f}", below=True):
+    def add(text, value, limit, fmt="{:.2f}", below=True, per_round=None):
         if value is not None:
-            rows.append((text, fmt.format(value), value <= limit if below else value >= limit))
+            rows.append((text, fmt.format(value),
+                         "-" if per_round is None else fmt.format(per_round),
+                         value <= limit if below else value >= limit))
 
-    add("medium: bpnet / PyTorch <= 0.70", ratio("medium", "bpnet", "torch"), 0.70)
-    add("medium: bpnet / plain numpy <= 0.95", ratio("medium", "bpnet", "numpy"), 0.95)
-    floor = ratio("medium", "gemm", "bpnet")
-    add("medium: GEMM floor / bpnet >= 85%", floor and 100 * floor, 85, "{:.0f}%", below=False)
-    own = ratio("medium", "gemm_split", "bpnet")
-    add("medium: bpnet's products alone / bpnet >= 85%", own and 100 * own, 85, "{:.0f}%",
-        below=False)
-    add("small: bpnet / PyTorch <= 0.50", ratio("small", "bpnet", "torch"), 0.50)
+    def add_ratio(text, pair, limit, scale=1, fmt="{:.2f}", below=True):
+        if pair is not None:
+            add(text, scale * pair[0], limit, fmt, below, scale * statistics.median(pair[1]))
+
+    add_ratio("medium: bpnet / PyTorch <= 0.70", ratio("medium", "bpnet", "torch"), 0.70)
+    add_ratio("medium: bpnet / plain numpy <= 0.95", ratio("medium", "bpnet", "numpy"), 0.95)
+    add_ratio("medium: GEMM floor / bpnet >= 85%", ratio("medium", "gemm", "bpnet"), 85, 100,
+              "{:.0f}%", below=False)
+    add_ratio("medium: bpnet's products alone / bpnet >= 85%",
+              ratio("medium", "gemm_split", "bpnet"), 85, 100, "{:.0f}%", below=False)
+    add_ratio("small: bpnet / PyTorch <= 0.50", ratio("small", "bpnet", "torch"), 0.50)
     for net in ("large", "sigmoid"):
         if net in nets:
-            peers = [p for p in ("torch", "sklearn", "numpy") if p in nets[net]]
-            if peers:
-                worst = max(ratio(net, "bpnet", p) for p in peers)
-                add(f"{net}: bpnet / fastest peer <= 1.00", worst, 1.0)
+            pairs = [ratio(net, "bpnet", p) for p in ("torch", "sklearn", "numpy")
+                     if p in nets[net]]
+            if pairs:  # against the fastest peer: the largest ratio, overall and each round
+                add_ratio(f"{net}: bpnet / fastest peer <= 1.00",
+                          (max(a for a, _ in pairs), [max(e) for e in zip(*(b for _, b in pairs))]),
+                          1.0)
     if cli:
         add("time to 98% test accuracy < 15 s", cli.get("time_to_98_s") or float("inf"), 15,
             "{:.1f} s")
@@ -678,8 +691,8 @@ def markdown(info, nets, states, cli, epochs):
                   f"(warm caches) {cli['overhead_s']:.2f} s."]
     rows = targets(nets, cli)
     if rows:
-        lines += ["", "| target | measured | met |", "|---|---:|---|"]
-        lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in rows]
+        lines += ["", "| target | measured | per round | met |", "|---|---:|---:|---|"]
+        lines += [f"| {t} | {v} | {r} | {'yes' if ok else 'no'} |" for t, v, r, ok in rows]
     return "\n".join(lines)
 
 
@@ -731,8 +744,8 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "nets": nets, "states": states, "cli": cli, "epochs": args.epochs,
-             "targets": [{"target": t, "measured": v, "met": ok}
-                         for t, v, ok in targets(nets, cli)]}, indent=2))
+             "targets": [{"target": t, "measured": v, "per_round": r, "met": ok}
+                         for t, v, r, ok in targets(nets, cli)]}, indent=2))
 
 
 if __name__ == "__main__":
