@@ -78,16 +78,20 @@ def _meet(arrivals, me, count):
         pass
 
 
+@kernel(inline="always")
+def _at(array, i):
+    """The address of element ``i`` of a float32 C array, counted as if it were flat."""
+    return np.int64(array.ctypes.data) + 4 * i
+
+
 @kernel(nogil=True)
-def _gemm(sgemm, trans_a, trans_b, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc,
-          alpha=np.float32(1), beta=np.float32(0)):
-    """c[c_at...] = alpha op(a[a_at...]) op(b[b_at...]) + beta c[c_at...] (offsets in elements
-    of the flat arrays); nothing for an empty result. An empty sum (k = 0) gives beta c, as
-    BLAS defines it."""
+def _gemm(sgemm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """C = alpha op(A) op(B) + beta C at the addresses a, b, c (see ``_at``); nothing for an
+    empty result. An empty sum (k = 0) gives beta C, as BLAS defines it. Addresses, not
+    arrays: one signature for every product (there were six), compiled once."""
     if m == 0 or n == 0:
         return
-    _sgemm(sgemm, trans_a, trans_b, m, n, k, alpha, a.ctypes.data + 4 * a_at, lda,
-           b.ctypes.data + 4 * b_at, ldb, beta, c.ctypes.data + 4 * c_at, ldc)
+    _sgemm(sgemm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
 
 @kernel(inline="always")
@@ -255,6 +259,7 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
     top = dims[hidden]  # the last hidden layer's width
     out_w, out_b = offsets[2 * hidden], offsets[2 * hidden + 1]
     fused = not nesterov
+    one, zero = np.float32(1), np.float32(0)
     wgrad = mom if fused else grad  # where the weights' gradient products go
     # the rows of inputs mostly at their base value: with momentum, m v + rate g in one pass
     # with the update, as m (v + rate / m g) (a pass over them fewer)
@@ -289,8 +294,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                     marks[tail_k[t, e]] = k + 1
             _catch_up(data, mom, behind, marks, k + 1, w1, n1, lo, hi, dense, momentum)
         if split:
-            _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, dense, xd, 0, max(dense, 1), data,
-                  w1 + lo, n1, h, lo, n1)
+            _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, dense, one, _at(xd, 0), max(dense, 1),
+                  _at(data, w1 + lo), n1, zero, _at(h, lo), n1)
             _departures(tail_starts, tail_k, tail_v, n, h, data, w1, n1, lo, hi, False,
                         np.float32(1))
             bias, b = bias1[lo:hi], data[b1 + lo:b1 + hi]
@@ -301,8 +306,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                 for c in range(dense, n_in):
                     _add_scaled(base[c], data[w1 + c * n1 + lo:w1 + c * n1 + hi], bias[lo:hi])
         else:
-            _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, n_in, x, 0, n_in, data, w1 + lo, n1,
-                  h, lo, n1)
+            _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, n_in, one, _at(x, 0), n_in,
+                  _at(data, w1 + lo), n1, zero, _at(h, lo), n1)
             bias = data[b1:b1 + n1]
         _bias_act(h, n, bias, lo, hi, kinds[0], alphas[0], bits[me])
         met += 1
@@ -313,8 +318,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
             width, fan_in = dims[layer + 1], dims[layer]
             lo, hi = units(me, width)
             w, b = offsets[2 * layer], offsets[2 * layer + 1]
-            _gemm(sgemm, NO_TRANS, TRANS, n, hi - lo, fan_in, hs[layer - 1], 0, fan_in, data,
-                  w + lo * fan_in, fan_in, hs[layer], lo, width)
+            _gemm(sgemm, NO_TRANS, TRANS, n, hi - lo, fan_in, one, _at(hs[layer - 1], 0), fan_in,
+                  _at(data, w + lo * fan_in), fan_in, zero, _at(hs[layer], lo), width)
             _bias_act(hs[layer], n, data[b:b + width], lo, hi, kinds[layer], alphas[layer],
                       bits[me])
             met += 1
@@ -322,8 +327,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
 
         # ----- the output layer and the loss, this thread's rows ----------------------------
         last = hs[hidden - 1]
-        _gemm(sgemm, NO_TRANS, TRANS, r1 - r0, classes, top, last, r0 * top, top, data, out_w,
-              top, z, r0 * classes, classes)
+        _gemm(sgemm, NO_TRANS, TRANS, r1 - r0, classes, top, one, _at(last, r0 * top), top,
+              _at(data, out_w), top, zero, _at(z, r0 * classes), classes)
         bias = data[out_b:out_b + classes]
         for i in range(r0, r1):
             zi = z[i]
@@ -340,13 +345,13 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         # ----- backward: the output layer's weights that meet this thread's units -----------
         lo, hi = units(me, top)
         alpha, beta = _into(fused, rates[k, 2 * hidden], momentum)
-        _gemm(sgemm, TRANS, NO_TRANS, classes, hi - lo, n, dz, 0, classes, last, lo, top,
-              wgrad, out_w + lo, top, alpha, beta)
+        _gemm(sgemm, TRANS, NO_TRANS, classes, hi - lo, n, alpha, _at(dz, 0), classes,
+              _at(last, lo), top, beta, _at(wgrad, out_w + lo), top)
         if me == 0:
             column_sum(dz[:n], grad[out_b:out_b + classes], True)
         delta = parts[hidden - 1][me]
-        _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, classes, dz, 0, classes, data, out_w + lo,
-              top, delta, lo, top)
+        _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, classes, one, _at(dz, 0), classes,
+              _at(data, out_w + lo), top, zero, _at(delta, lo), top)
         b = offsets[2 * hidden - 1]
         _act_backward(delta, last, n, grad[b:b + top], lo, hi, kinds[hidden - 1],
                       alphas[hidden - 1])
@@ -358,11 +363,11 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
             w = offsets[2 * layer]
             delta, below = parts[layer][me], parts[layer - 1][me]
             alpha, beta = _into(fused, rates[k, 2 * layer], momentum)
-            _gemm(sgemm, TRANS, NO_TRANS, hi - lo, fan_in, n, delta, lo, width, hs[layer - 1], 0,
-                  fan_in, wgrad, w + lo * fan_in, fan_in, alpha, beta)
+            _gemm(sgemm, TRANS, NO_TRANS, hi - lo, fan_in, n, alpha, _at(delta, lo), width,
+                  _at(hs[layer - 1], 0), fan_in, beta, _at(wgrad, w + lo * fan_in), fan_in)
             # this thread's units' share of every input's gradient; the two shares add up
-            _gemm(sgemm, NO_TRANS, NO_TRANS, n, fan_in, hi - lo, delta, lo, width, data,
-                  w + lo * fan_in, fan_in, below, 0, fan_in)
+            _gemm(sgemm, NO_TRANS, NO_TRANS, n, fan_in, hi - lo, one, _at(delta, lo), width,
+                  _at(data, w + lo * fan_in), fan_in, zero, _at(below, 0), fan_in)
             met += 1
             _meet(arrivals, me, met)
             lo, hi = units(me, fan_in)
@@ -380,8 +385,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         delta = parts[0][me]
         alpha, beta = _into(fused, rates[k, 0], momentum)
         if split:
-            _gemm(sgemm, TRANS, NO_TRANS, dense, hi - lo, n, xd, 0, max(dense, 1), delta, lo,
-                  n1, wgrad, w1 + lo, n1, alpha, beta)
+            _gemm(sgemm, TRANS, NO_TRANS, dense, hi - lo, n, alpha, _at(xd, 0), max(dense, 1),
+                  _at(delta, lo), n1, beta, _at(wgrad, w1 + lo), n1)
             dz_sum = grad[b1 + lo:b1 + hi]  # the sum of the deltas' rows: the bias gradient
             if not late:
                 for c in range(dense, n_in):
@@ -396,8 +401,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
             _departures(tail_starts, tail_k, tail_v, n, delta, wgrad, w1, n1, lo, hi, True,
                         alpha / momentum if late else alpha)
         else:
-            _gemm(sgemm, TRANS, NO_TRANS, n_in, hi - lo, n, x, 0, n_in, delta, lo, n1, wgrad,
-                  w1 + lo, n1, alpha, beta)
+            _gemm(sgemm, TRANS, NO_TRANS, n_in, hi - lo, n, alpha, _at(x, 0), n_in, _at(delta, lo),
+                  n1, beta, _at(wgrad, w1 + lo), n1)
 
         # ----- update: what this thread owns ---------------------------------------------
         for c in range(dense if late else n_in):
