@@ -19,7 +19,7 @@ from .progress import EpochProgress
 from .session import evaluate
 from .solver import Newbob, Solver, learning_rate
 from .sparse_input import use_sparse_input
-from .two_cores import CHUNK, for_training
+from .two_cores import CHUNK, for_training, start_compiling
 
 
 class Interrupted(BpnetError):
@@ -40,13 +40,16 @@ class Trainer:
         self.val_set, self.test_set = session.splits.get("val"), session.splits.get("test")
         self.s = self.cfg["solver"]
         self.run_dir, self.log, self.progress = Path(run_dir), log, progress
+        # on a cold cache, a second process compiles while the first layer is planned
+        ahead = start_compiling(self.net, self.s, self.train_set)
         dense = use_sparse_input(self.net, self.train_set)  # first: it moves W's columns
         if dense is not None:
             first = self.net.layers[0]
             log(f"{first.name}: {dense} of {first.n_in} inputs through BLAS; the other "
                 f"{first.n_in - dense}, mostly at one value, by their departures from it")
         self.solver = Solver(self.s, self.net.params)
-        self.two_cores = for_training(self.net, self.solver, self.train_set, self.s["batch_size"])
+        self.two_cores = for_training(self.net, self.solver, self.train_set, self.s["batch_size"],
+                                      ahead)
         if self.two_cores is not None:
             log("training steps shared by the 2 cores: each owns half of every hidden layer's "
                 "units")

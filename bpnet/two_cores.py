@@ -90,11 +90,10 @@ def measured_slower(net):
     return None
 
 
-def for_training(net, solver, dataset, batch_size):
-    """TwoCoreSteps for training ``net`` with ``solver`` on ``dataset`` when everything allows
-    and they pay (see the module's docstring: the Solver made, the first stage planned), else
-    None."""
-    if unsupported(net, solver.cfg) is not None or measured_slower(net) is not None:
+def _usable(net, solver_cfg, dataset):
+    """(BLAS controller, cblas_sgemm address) when everything allows the shared steps for
+    ``net``, ``solver_cfg`` and ``dataset`` and they pay, else None."""
+    if unsupported(net, solver_cfg) is not None or measured_slower(net) is not None:
         return None
     if len(os.sched_getaffinity(0)) < 2:
         return None
@@ -103,15 +102,38 @@ def for_training(net, solver, dataset, batch_size):
         return None
     if dataset.x.ndim != 2 or not dataset.x.flags.c_contiguous or dataset.y.dtype != np.int64:
         return None
-    steps = TwoCoreSteps(net, solver, dataset, batch_size, *found)
-    return steps if steps.fits() else None
+    return found
+
+
+def start_compiling(net, solver_cfg, dataset):
+    """Start compiling the kernels the steps call in a second process, when the steps will
+    likely run and the disk cache lacks those kernels (``kernels.compile_ahead``); its handle,
+    or None. Called before the first layer is planned, which compiles meanwhile."""
+    if _usable(net, solver_cfg, dataset) is None:
+        return None
+    return kernels.compile_ahead.start()
+
+
+def for_training(net, solver, dataset, batch_size, ahead=None):
+    """TwoCoreSteps for training ``net`` with ``solver`` on ``dataset`` when everything allows
+    and they pay (see the module's docstring: the Solver made, the first stage planned), else
+    None. ``ahead``: the second process from ``start_compiling``, which the steps wait for,
+    or which is stopped here if there are none."""
+    found = _usable(net, solver.cfg, dataset)
+    steps = None if found is None else TwoCoreSteps(net, solver, dataset, batch_size, *found, ahead)
+    if steps is None or not steps.fits():
+        if ahead is not None:
+            ahead.stop()
+        return None
+    return steps
 
 
 class TwoCoreSteps:
     """``net``'s training steps run by two threads (see the module's docstring)."""
 
-    def __init__(self, net, solver, dataset, batch_size, blas, sgemm):
+    def __init__(self, net, solver, dataset, batch_size, blas, sgemm, ahead=None):
         self.net, self.solver, self.data, self.blas, self.sgemm = net, solver, dataset, blas, sgemm
+        self.ahead = ahead
         affines = net.layers[0::2]
         self.dims = np.array([net.n_in] + [a.n_out for a in affines], np.int64)
         params = [p for a in affines for p in (a.W, a.b)]
@@ -130,6 +152,7 @@ class TwoCoreSteps:
         self.z, self.dz = np.empty((B, self.dims[-1]), f32), np.empty((B, self.dims[-1]), f32)
         self.bits = np.empty((2, max(self.dims[1:-1])), np.int32)
         self.arrivals = np.zeros(16, np.int64)
+        self.callees = np.zeros(len(kernels.two_cores.FIXED), np.int64)
         self._first_layer(net._stages[0], B)
         self.losses, self.corrects = np.zeros((CHUNK, 2)), np.zeros((CHUNK, 2), np.int64)
         self._ready = False
@@ -161,6 +184,17 @@ class TwoCoreSteps:
         """Whether the worst batch's departures from the base values fit the room."""
         return self.room <= MAX_TAIL
 
+    def _compile(self, step, args):
+        """Compile (or load) ``step``, then have the kernels it calls at their addresses; a
+        second process may be compiling those meanwhile (``kernels.compile_ahead``)."""
+        from numba import typeof
+        step.compile(tuple(typeof(a) for a in (0, 0, *args)))  # as a call would, not run
+        if self.ahead is not None:
+            self.ahead.wait()
+            self.ahead = None
+        self.callees[:] = kernels.two_cores.addresses()
+        step(0, 0, *args)  # no batch: only the call's own dispatch, before any thread's
+
     @contextmanager
     def cores(self):
         """While the steps run: BLAS on one thread, for each thread's own products."""
@@ -188,10 +222,10 @@ class TwoCoreSteps:
                 self.dims, solver._data, solver._grad, solver._slots[0], self.offsets, rates,
                 self.decays, np.float32(cfg["momentum"]), cfg["type"] == "nesterov",
                 self.kinds, self.alphas, self.hs, self.parts, self.z, self.dz, self.bits,
-                self.arrivals, self.sgemm, self.losses, self.corrects]
+                self.arrivals, self.sgemm, self.callees, self.losses, self.corrects]
         step = kernels.two_cores.train_batches
         if not self._ready:  # compile (or load) it here: a thread failing to would leave
-            step(0, 0, *args)  # the other spinning at the first barrier
+            self._compile(step, args)  # the other spinning at the first barrier
             self._ready = True
         self.arrivals[:] = 0
         other = threading.Thread(target=step, args=(1, count, *args), daemon=True)

@@ -49,7 +49,8 @@ def load():
 
 
 def __getattr__(name):
-    if name in ("jit", "reference", "two_cores"):  # importing a submodule also sets it on this package
+    # importing a submodule also sets it on this package
+    if name in ("jit", "reference", "two_cores", "compile_ahead"):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -17,6 +17,8 @@ for the elementwise parts; only the order of some sums differs (float32 rounding
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils, sigutils
+from numba.core.typeconv import Conversion
 from numba.extending import intrinsic
 
 from .codes import LEAKY_RELU, RELU, SIGMOID, TANH
@@ -26,6 +28,73 @@ from .jit import (_activate, _add_scaled, _backward_row, _sgd_span, _sigmoid_row
 NO_TRANS, TRANS = 111, 112
 _ROW_MAJOR = 101
 _SLOT = 8  # int64s between the two threads' arrival counters: one 64-byte line each
+
+# The kernels train_batches calls at their addresses, by name: (kernel, its one signature).
+# Linked in, their code would be optimised and compiled again with train_batches' own (more
+# than half of its module), and train_batches could not be typed before they were compiled; by
+# address, they compile on their own, in a second process on a cold cache (``compile_ahead``).
+FIXED = {}
+
+
+def fixed(signature):
+    """Register a kernel that ``train_batches`` calls by ``_call``, with its one signature."""
+    def register(dispatcher):
+        FIXED[dispatcher.py_func.__name__] = (dispatcher, signature)
+        return dispatcher
+    return register
+
+
+def compile_fixed():
+    """Compile the fixed kernels for their one signature, or load them from the disk cache."""
+    for dispatcher, signature in FIXED.values():
+        dispatcher.compile(signature)
+
+
+def addresses():
+    """The fixed kernels' C entry points, in FIXED's order: ``train_batches``' ``callees``."""
+    compile_fixed()
+    out = []
+    for dispatcher, signature in FIXED.values():
+        compiled = dispatcher.overloads[tuple(sigutils.normalize_signature(signature)[0])]
+        out.append(compiled.library.get_pointer_to_function(
+            compiled.fndesc.llvm_cfunc_wrapper_name))
+    return np.array(out, np.int64)
+
+
+def _exact(typingctx, actual, formal):
+    """Whether an argument of type ``actual`` passes as ``formal`` with nothing lost: arrays of
+    the very type, scalars by a safe conversion (a literal to its type, int32 to int64)."""
+    if isinstance(formal, types.Array) or isinstance(actual, types.Array):
+        return actual == formal
+    conversion = typingctx.can_convert(actual, formal)
+    return conversion is not None and conversion <= Conversion.safe
+
+
+@intrinsic
+def _call(typingctx, kernel, callees, arguments):
+    """``kernel(*arguments)`` for a fixed kernel, by its C entry point in ``callees`` (see
+    ``addresses``). The arguments must pass as its signature without loss, or typing fails."""
+    name = getattr(getattr(kernel, "dispatcher", None), "py_func", None)
+    name = getattr(name, "__name__", None)
+    if name not in FIXED or not isinstance(arguments, types.BaseTuple):
+        return None
+    formal, restype = sigutils.normalize_signature(FIXED[name][1])
+    actual = tuple(arguments)
+    if len(actual) != len(formal) or not all(
+            _exact(typingctx, a, f) for a, f in zip(actual, formal)):
+        return None
+    index = list(FIXED).index(name)
+
+    def codegen(context, builder, signature, args):
+        values = [context.cast(builder, v, a, f) for v, a, f in
+                  zip(cgutils.unpack_tuple(builder, args[2], len(actual)), actual, formal)]
+        fnty = ir.FunctionType(context.get_value_type(restype),
+                               [context.get_value_type(f) for f in formal])
+        table = context.make_array(signature.args[1])(context, builder, args[1])
+        address = builder.load(builder.gep(table.data, [ir.IntType(64)(index)]))
+        builder.call(builder.inttoptr(address, fnty.as_pointer()), values)
+        return context.get_dummy_value()
+    return types.none(kernel, callees, arguments), codegen
 
 
 @intrinsic
@@ -119,6 +188,7 @@ def _departures(tail_starts, tail_k, tail_v, n, rows, flat, at, width, lo, hi, t
                     _add_scaled(tail_v[t, e], flat[start + lo:start + hi], row)
 
 
+@fixed("void(float32[:, ::1], int64, float32[::1], int64, int64, int64, float32, int32[::1])")
 @kernel(nogil=True)
 def _bias_act(h, rows, b, lo, hi, kind, alpha, bits):
     """h[:rows, lo:hi] = f(h + b[lo:hi])."""
@@ -143,6 +213,8 @@ def _rows_backward(d, h, rows, db, lo, hi, kind, alpha):
         _backward_row(d[i, lo:hi], h[i, lo:hi], d[i, lo:hi], db, kind, alpha, one)
 
 
+@fixed("void(float32[:, ::1], float32[:, ::1], int64, float32[::1], int64, int64, int64, "
+       "float32)")
 @kernel(nogil=True)
 def _act_backward(d, h, rows, db, lo, hi, kind, alpha):
     """d[:rows, lo:hi] *= f'(x) from the outputs h; db[lo:hi] = the sums of its rows. One call
@@ -159,12 +231,15 @@ def _act_backward(d, h, rows, db, lo, hi, kind, alpha):
         _rows_backward(d, h, rows, db, lo, hi, TANH, alpha)
 
 
+@fixed("void(float32[::1], float32[::1], float32[::1], int64, int64, float32, float32, float32, "
+       "boolean)")
 @kernel(nogil=True)
 def _update(data, grad, mom, start, stop, rate, decay, momentum, nesterov):
     _sgd_span(data[start:stop], grad[start:stop], mom[start:stop], rate, momentum, decay,
               nesterov)
 
 
+@fixed("void(float32[::1], float32[::1], int64, int64, float32)")
 @kernel(nogil=True)
 def _descend(data, mom, start, stop, rate_decay):
     """w -= v over data[start:stop], after v += rate * decay * w: the update of a weight whose
@@ -191,6 +266,8 @@ def _descend_late(w, v, momentum, scaled, dz_sum, rate_decay):
         w[j] -= v[j]
 
 
+@fixed("void(float32[::1], float32[::1], int64[::1], int64[::1], int64, int64, int64, int64, "
+       "int64, int64, float32)")
 @kernel(nogil=True)
 def _catch_up(data, mom, behind, marks, mark, at, width, lo, hi, start, momentum):
     """Rows start: of the (n_in, width) matrix at ``data[at]`` (and ``mom[at]``), columns
@@ -219,12 +296,12 @@ def _into(fused, rate, momentum):
 
 
 @kernel(inline="always")
-def _update_weight(data, grad, mom, start, stop, rate, decay, momentum, nesterov):
+def _update_weight(callees, data, grad, mom, start, stop, rate, decay, momentum, nesterov):
     """A weight's update, its momentum made by its gradient's product unless ``nesterov``."""
     if nesterov:
-        _update(data, grad, mom, start, stop, rate, decay, momentum, nesterov)
+        _call(_update, callees, (data, grad, mom, start, stop, rate, decay, momentum, nesterov))
     else:
-        _descend(data, mom, start, stop, rate * decay)
+        _call(_descend, callees, (data, mom, start, stop, rate * decay))
 
 
 @kernel(nogil=True)
@@ -232,7 +309,7 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                   x, lab, split, columns, dense, base, any_base, xd, tail_starts, tail_k, tail_v,
                   bias1, lazy, waiting, seen, dims, data, grad, mom, offsets, rates, decays,
                   momentum, nesterov, kinds, alphas, hs, parts, z, dz, bits, arrivals, sgemm,
-                  losses, corrects):
+                  callees, losses, corrects):
     """Thread ``me``'s share of ``count`` training steps (see the module's docstring); returns
     how many were done: fewer when a batch's loss is not finite, before its backward.
 
@@ -252,7 +329,7 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
     units' deltas are kept in its own part); ``z``, ``dz``: the logits and their gradient;
     ``bits``: int32 scratch, a row per thread. ``losses[k, me]``, ``corrects[k, me]``: the
     summed loss and the correct rows of this thread's half of batch k. ``arrivals``: zeros,
-    16 int64.
+    16 int64. ``callees``: the fixed kernels' addresses (see ``addresses``).
     """
     hidden = kinds.shape[0]
     n_in, classes = dims[0], dims[hidden + 1]
@@ -292,7 +369,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                 t0, t1 = units(t, n)
                 for e in range(tail_starts[t][t1 - t0]):
                     marks[tail_k[t, e]] = k + 1
-            _catch_up(data, mom, behind, marks, k + 1, w1, n1, lo, hi, dense, momentum)
+            _call(_catch_up, callees, (data, mom, behind, marks, k + 1, w1, n1, lo, hi, dense,
+                                       momentum))
         if split:
             _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, dense, one, _at(xd, 0), max(dense, 1),
                   _at(data, w1 + lo), n1, zero, _at(h, lo), n1)
@@ -309,7 +387,7 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
             _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, n_in, one, _at(x, 0), n_in,
                   _at(data, w1 + lo), n1, zero, _at(h, lo), n1)
             bias = data[b1:b1 + n1]
-        _bias_act(h, n, bias, lo, hi, kinds[0], alphas[0], bits[me])
+        _call(_bias_act, callees, (h, n, bias, lo, hi, kinds[0], alphas[0], bits[me]))
         met += 1
         _meet(arrivals, me, met)
 
@@ -320,8 +398,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
             w, b = offsets[2 * layer], offsets[2 * layer + 1]
             _gemm(sgemm, NO_TRANS, TRANS, n, hi - lo, fan_in, one, _at(hs[layer - 1], 0), fan_in,
                   _at(data, w + lo * fan_in), fan_in, zero, _at(hs[layer], lo), width)
-            _bias_act(hs[layer], n, data[b:b + width], lo, hi, kinds[layer], alphas[layer],
-                      bits[me])
+            _call(_bias_act, callees, (hs[layer], n, data[b:b + width], lo, hi, kinds[layer],
+                                       alphas[layer], bits[me]))
             met += 1
             _meet(arrivals, me, met)
 
@@ -353,8 +431,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
         _gemm(sgemm, NO_TRANS, NO_TRANS, n, hi - lo, classes, one, _at(dz, 0), classes,
               _at(data, out_w + lo), top, zero, _at(delta, lo), top)
         b = offsets[2 * hidden - 1]
-        _act_backward(delta, last, n, grad[b:b + top], lo, hi, kinds[hidden - 1],
-                      alphas[hidden - 1])
+        _call(_act_backward, callees, (delta, last, n, grad[b:b + top], lo, hi, kinds[hidden - 1],
+                                       alphas[hidden - 1]))
 
         # ----- backward: the hidden layers above the first -------------------------------
         for layer in range(hidden - 1, 0, -1):
@@ -377,8 +455,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                 for j in range(mine.shape[0]):
                     mine[j] += theirs[j]
             b = offsets[2 * layer - 1]
-            _act_backward(below, hs[layer - 1], n, grad[b:b + fan_in], lo, hi,
-                          kinds[layer - 1], alphas[layer - 1])
+            _call(_act_backward, callees, (below, hs[layer - 1], n, grad[b:b + fan_in], lo, hi,
+                                           kinds[layer - 1], alphas[layer - 1]))
 
         # ----- backward: the first layer's weights ---------------------------------------
         lo, hi = units(me, n1)
@@ -406,8 +484,8 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
 
         # ----- update: what this thread owns ---------------------------------------------
         for c in range(dense if late else n_in):
-            _update_weight(data, grad, mom, w1 + c * n1 + lo, w1 + c * n1 + hi, rates[k, 0],
-                           decays[0], momentum, nesterov)
+            _update_weight(callees, data, grad, mom, w1 + c * n1 + lo, w1 + c * n1 + hi,
+                           rates[k, 0], decays[0], momentum, nesterov)
         if late:
             for c in range(dense, n_in):
                 if lazy and marks[c] != k + 1:
@@ -417,25 +495,28 @@ def train_batches(me, count, bounds, order, x_store, mean, scale, labels,
                 _descend_late(data[at + lo:at + hi], mom[at + lo:at + hi], momentum,
                               alpha * base[c] if any_base else np.float32(0),
                               grad[b1 + lo:b1 + hi], alpha * decays[0])
-        _update(data, grad, mom, b1 + lo, b1 + hi, rates[k, 1], decays[1], momentum, nesterov)
+        _call(_update, callees, (data, grad, mom, b1 + lo, b1 + hi, rates[k, 1], decays[1],
+                                 momentum, nesterov))
         for layer in range(1, hidden):
             width, fan_in = dims[layer + 1], dims[layer]
             lo, hi = units(me, width)
             w, b = offsets[2 * layer], offsets[2 * layer + 1]
-            _update_weight(data, grad, mom, w + lo * fan_in, w + hi * fan_in,
+            _update_weight(callees, data, grad, mom, w + lo * fan_in, w + hi * fan_in,
                            rates[k, 2 * layer], decays[2 * layer], momentum, nesterov)
-            _update(data, grad, mom, b + lo, b + hi, rates[k, 2 * layer + 1],
-                    decays[2 * layer + 1], momentum, nesterov)
+            _call(_update, callees, (data, grad, mom, b + lo, b + hi, rates[k, 2 * layer + 1],
+                                     decays[2 * layer + 1], momentum, nesterov))
         lo, hi = units(me, top)
         for c in range(classes):
-            _update_weight(data, grad, mom, out_w + c * top + lo, out_w + c * top + hi,
+            _update_weight(callees, data, grad, mom, out_w + c * top + lo, out_w + c * top + hi,
                            rates[k, 2 * hidden], decays[2 * hidden], momentum, nesterov)
         if me == 0:
-            _update(data, grad, mom, out_b, out_b + classes, rates[k, 2 * hidden + 1],
-                    decays[2 * hidden + 1], momentum, nesterov)
+            _call(_update, callees, (data, grad, mom, out_b, out_b + classes,
+                                     rates[k, 2 * hidden + 1], decays[2 * hidden + 1], momentum,
+                                     nesterov))
         met += 1
         _meet(arrivals, me, met)  # nobody overwrites what the other still reads
     if lazy:  # every row up to date between calls
         lo, hi = units(me, dims[1])
-        _catch_up(data, mom, behind, marks, 0, offsets[0], dims[1], lo, hi, dense, momentum)
+        _call(_catch_up, callees, (data, mom, behind, marks, 0, offsets[0], dims[1], lo, hi, dense,
+                                   momentum))
     return count
