@@ -86,6 +86,8 @@ class Trainer:
 
     def _epochs(self):
         if self.newbob and self.newbob.best_loss is None:
+            if self.two_cores is not None:  # its evaluation kernels may be compiling elsewhere
+                self.two_cores.wait_for_kernels()
             loss = evaluate(self.net, self.val_set)["loss"]
             if not math.isfinite(loss):
                 raise DataError(f"the validation loss of the initial weights is {loss}, and newbob "

@@ -184,14 +184,18 @@ class TwoCoreSteps:
         """Whether the worst batch's departures from the base values fit the room."""
         return self.room <= MAX_TAIL
 
-    def _compile(self, step, args):
-        """Compile (or load) ``step``, then have the kernels it calls at their addresses; a
-        second process may be compiling those meanwhile (``kernels.compile_ahead``)."""
-        from numba import typeof
-        step.compile(tuple(typeof(a) for a in (0, 0, *args)))  # as a call would, not run
+    def wait_for_kernels(self):
+        """Wait until the second process compiling kernels (``kernels.compile_ahead``), if
+        any, has ended: this one calls none of them before (nor any evaluation)."""
         if self.ahead is not None:
             self.ahead.wait()
             self.ahead = None
+
+    def _compile(self, step, args):
+        """Compile (or load) ``step``, then have the kernels it calls at their addresses."""
+        from numba import typeof
+        step.compile(tuple(typeof(a) for a in (0, 0, *args)))  # as a call would, not run
+        self.wait_for_kernels()
         self.callees[:] = kernels.two_cores.addresses()
         step(0, 0, *args)  # no batch: only the call's own dispatch, before any thread's
 

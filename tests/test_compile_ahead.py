@@ -1,7 +1,8 @@
 """The kernels the two-core steps call at their addresses (kernels.two_cores.FIXED), and their
 compiling in a second process on a cold cache (kernels.compile_ahead): a call by address takes
 only its kernel's own signature and gives its bits; on a cold cache the second process compiles
-those kernels and this one compiles the steps without them, each kernel once, in one process."""
+those kernels and the evaluation's, and this one compiles the steps without them, each kernel
+once, in one process."""
 
 import json
 import os
@@ -80,6 +81,7 @@ COLD_RUN = textwrap.dedent("""
     from bpnet.config import resolve
     from bpnet.data import Dataset
     from bpnet.kernels import compile_ahead
+    from bpnet.session import evaluate
     from bpnet.solver import Solver
     from bpnet.sparse_input import use_sparse_input
 
@@ -89,13 +91,14 @@ COLD_RUN = textwrap.dedent("""
     cfg = resolve({"net": {"layers": layers, "loss": "softmax_cross_entropy"},
                    "solver": {"lr": 0.1, "momentum": 0.9, "batch_size": 4}})
     rng = np.random.default_rng(1)
-    x = (rng.integers(1, 256, (20, 12)) * (rng.random((20, 12)) < 0.3)).astype(np.uint8)
+    share = np.where(np.arange(40) % 2 == 0, 0.6, 0.04)  # half the inputs mostly 0, as MNIST's
+    x = (rng.integers(1, 256, (20, 40)) * (rng.random((20, 40)) < share)).astype(np.uint8)
     data = Dataset(x, rng.integers(0, 3, 20).astype(np.int64), 0.0, 1 / 255)
-    net = build_net(cfg, 12)
+    net = build_net(cfg, 40)
     fixed = kernels.two_cores.FIXED.values()
     with threadpool_limits(2, user_api="blas"):
         ahead = two_cores.start_compiling(net, cfg["solver"], data)
-        use_sparse_input(net, data)
+        split = use_sparse_input(net, data) is not None
         steps = two_cores.for_training(net, Solver(cfg["solver"], net.params), data, 4, ahead)
         step = kernels.two_cores.train_batches
         real_wait = type(ahead).wait
@@ -106,12 +109,16 @@ COLD_RUN = textwrap.dedent("""
         type(ahead).wait = wait
         with steps.cores():
             done, losses, _ = steps.run(np.arange(20), 0, 5, np.full(5, 0.1))
+    evaluate(net, data)  # as the first epoch's end does
+    evaluation = [d for d, _ in compile_ahead.kernels()[len(fixed):]]
     print(json.dumps({
-        "started": ahead is not None, "exit": ahead.process.returncode, "done": int(done),
+        "started": ahead is not None, "split": split, "exit": ahead.process.returncode, "done": int(done),
         "finite": bool(np.isfinite(losses).all()), "fixed_before_wait": before_wait,
         "fixed_compiled_here": sum(len(d.stats.cache_misses) for d, _ in fixed),
         "fixed_loaded": sum(len(d.stats.cache_hits) for d, _ in fixed), "fixed": len(fixed),
         "steps_compiled": sum(step.stats.cache_misses.values()),
+        "evaluation_compiled_here": sum(len(d.stats.cache_misses) for d in evaluation),
+        "evaluation_loaded": sum(len(d.stats.cache_hits) for d in evaluation),
         "warm_then": compile_ahead.start() is None}))
 """)
 
@@ -123,9 +130,11 @@ def test_on_a_cold_cache_a_second_process_compiles_the_kernels_the_steps_call(tm
                          env=env, timeout=600)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.splitlines()[-1])
-    assert out["started"] and out["exit"] == 0
+    assert out["started"] and out["exit"] == 0 and out["split"]
     assert out["done"] == 5 and out["finite"]
     assert out["fixed_before_wait"] == 0  # none of them compiled (nor loaded) here meanwhile
     assert out["fixed_compiled_here"] == 0 and out["fixed_loaded"] == out["fixed"]
     assert out["steps_compiled"] == 1  # the steps themselves, once: here
+    # the evaluation's kernels too, with the very signatures its calls give them
+    assert out["evaluation_compiled_here"] == 0 and out["evaluation_loaded"] == 2
     assert out["warm_then"]  # the cache holds them now: no second process

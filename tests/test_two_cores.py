@@ -211,6 +211,27 @@ def test_a_run_through_them_matches_the_usual_loop(tmp_path, monkeypatch):
         assert a["iteration"] == b["iteration"]
 
 
+@pytest.mark.parametrize("policy", ["poly", "newbob"])  # newbob evaluates before its first batch
+def test_nothing_is_evaluated_before_the_kernels_compiling_ahead_are_done(tmp_path, monkeypatch,
+                                                                         policy):
+    events = []
+
+    class Ahead:  # as kernels.compile_ahead.start returns on a cold cache
+        def wait(self):
+            events.append("wait")
+
+        def stop(self):
+            events.append("stop")
+
+    monkeypatch.setattr(train_module, "start_compiling", lambda *args: Ahead())
+    evaluate = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate",
+                        lambda *args: events.append("evaluate") or evaluate(*args))
+    api.train(write_run(tmp_path, lr_policy=policy), out=tmp_path / "run", quiet=True)
+    assert events[:2] == ["wait", "evaluate"] and events.count("wait") == 1
+    assert "stop" not in events
+
+
 def test_a_loss_that_is_not_finite_stops_or_is_skipped_as_in_the_usual_loop(tmp_path,
                                                                             monkeypatch):
     config = write_run(tmp_path, lr=1e30)

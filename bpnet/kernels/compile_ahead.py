@@ -3,9 +3,10 @@
 Numba compiles on one core: the first run after installing compiled about 9 s of kernels before
 its first batch while the other core idled. ``train_batches`` calls its biggest kernels at their
 addresses (``two_cores.FIXED``), so it compiles without them; when the disk cache lacks them,
-``start`` runs ``python -m bpnet.kernels.compile_ahead``, which compiles them into the cache
-while this process plans the first layer and compiles ``train_batches``. ``TwoCoreSteps`` then
-waits for it and loads them.
+``start`` runs ``python -m bpnet.kernels.compile_ahead``, which compiles them into the cache,
+and then the evaluation's kernels, while this process plans the first layer and compiles
+``train_batches``. ``TwoCoreSteps`` waits for it before the first batch (``Trainer`` also before
+an evaluation that comes first) and loads them.
 
 The two processes compile disjoint sets of kernels, and this one compiles none of the second's
 until that has ended: numba reads, changes and rewrites a kernel's cache index in whichever
@@ -39,11 +40,25 @@ class CompilingAhead:
         self.process.wait()
 
 
+def kernels():
+    """What the second process compiles, as (kernel, signature): the fixed kernels of
+    ``two_cores``, then the evaluation's float32 kernels for a first layer split by its inputs'
+    departures (MNIST's), with the argument types its calls give them."""
+    from numba import types
+
+    from . import jit, two_cores
+    matrix, row = types.Array(types.float32, 2, "C"), types.Array(types.float32, 1, "C")
+    index = types.Array(types.int64, 1, "C")
+    return [*two_cores.FIXED.values(),
+            (jit.bias_act_forward, (matrix, row, types.int64, types.float32)),
+            (jit.add_tail_products, (index, index, row, matrix, matrix))]
+
+
 def start():
-    """A CompilingAhead compiling ``two_cores.FIXED`` into the disk cache, or None when the
-    cache holds them already (or cannot be asked) or no process can be started."""
+    """A CompilingAhead compiling ``kernels()`` into the disk cache, or None when the cache
+    holds them already (or cannot be asked) or no process can be started."""
     from . import two_cores
-    if all(_cached(*fixed) for fixed in two_cores.FIXED.values()):
+    if all(_cached(*kernel) for kernel in kernels()):
         return None
     package = Path(two_cores.__file__).resolve()
     try:
@@ -68,4 +83,5 @@ def _cached(dispatcher, signature):
 if __name__ == "__main__":
     from bpnet.kernels import two_cores
     if Path(two_cores.__file__).resolve() == Path(sys.argv[1]):  # else its cache is another
-        two_cores.compile_fixed()
+        for dispatcher, signature in kernels():
+            dispatcher.compile(signature)

@@ -44,17 +44,12 @@ def fixed(signature):
     return register
 
 
-def compile_fixed():
-    """Compile the fixed kernels for their one signature, or load them from the disk cache."""
-    for dispatcher, signature in FIXED.values():
-        dispatcher.compile(signature)
-
-
 def addresses():
-    """The fixed kernels' C entry points, in FIXED's order: ``train_batches``' ``callees``."""
-    compile_fixed()
+    """The fixed kernels' C entry points, in FIXED's order: ``train_batches``' ``callees``.
+    Each is compiled for its one signature first, or loaded from the disk cache."""
     out = []
     for dispatcher, signature in FIXED.values():
+        dispatcher.compile(signature)
         compiled = dispatcher.overloads[tuple(sigutils.normalize_signature(signature)[0])]
         out.append(compiled.library.get_pointer_to_function(
             compiled.fndesc.llvm_cfunc_wrapper_name))
