@@ -58,7 +58,7 @@ def start():
     """A CompilingAhead compiling ``kernels()`` into the disk cache, or None when the cache
     holds them already (or cannot be asked) or no process can be started."""
     from . import two_cores
-    if all(_cached(*kernel) for kernel in kernels()):
+    if not sys.executable or all(_cached(*kernel) for kernel in kernels()):
         return None
     package = Path(two_cores.__file__).resolve()
     try:
