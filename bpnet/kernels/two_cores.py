@@ -142,10 +142,14 @@ def _meet(arrivals, me, count):
         pass
 
 
-@kernel(inline="always")
-def _at(array, i):
-    """The address of element ``i`` of a float32 C array, counted as if it were flat."""
-    return np.int64(array.ctypes.data) + 4 * i
+@intrinsic
+def _at(typingctx, array, i):
+    """The address of element ``i`` of a C array, counted as if it were flat."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = context.cast(builder, args[1], sig.args[1], types.int64)
+        return builder.ptrtoint(builder.gep(data, [at]), ir.IntType(64))
+    return types.int64(array, i), codegen
 
 
 @kernel(nogil=True)
