@@ -185,8 +185,9 @@ class TwoCoreSteps:
         return self.room <= MAX_TAIL
 
     def wait_for_kernels(self):
-        """Wait until the second process compiling kernels (``kernels.compile_ahead``), if
-        any, has ended: this one calls none of them before (nor any evaluation)."""
+        """Wait until the second process compiling kernels (``kernels.compile_ahead``), if any,
+        has ended. This process calls none of its kernels before, nor evaluates: two processes
+        compiling one kernel at once can corrupt its entry in numba's cache."""
         if self.ahead is not None:
             self.ahead.wait()
             self.ahead = None

@@ -69,9 +69,11 @@ def _exact(typingctx, actual, formal):
 def _call(typingctx, kernel, callees, arguments):
     """``kernel(*arguments)`` for a fixed kernel, by its C entry point in ``callees`` (see
     ``addresses``). The arguments must pass as its signature without loss, or typing fails."""
-    name = getattr(getattr(kernel, "dispatcher", None), "py_func", None)
-    name = getattr(name, "__name__", None)
-    if name not in FIXED or not isinstance(arguments, types.BaseTuple):
+    dispatcher = getattr(kernel, "dispatcher", None)
+    name = getattr(getattr(dispatcher, "py_func", None), "__name__", None)
+    if name not in FIXED or FIXED[name][0] is not dispatcher:
+        return None
+    if not isinstance(arguments, types.BaseTuple):
         return None
     formal, restype = sigutils.normalize_signature(FIXED[name][1])
     actual = tuple(arguments)
