@@ -676,6 +676,10 @@ def targets(nets, cli):
     return rows
 
 
+def _reached(seconds):
+    return "never reached" if seconds is None else f"after {seconds:.1f} s"
+
+
 def markdown(info, nets, states, cli, epochs):
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores, BLAS {info['blas']}; "
              f"{info['threads']} threads; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
@@ -701,15 +705,14 @@ def markdown(info, nets, states, cli, epochs):
                   f"{net} {', '.join(f'{c:.1f}' for c in costs)}" for net, costs in states.items())]
     if cli:
         lines += ["", f"`bpnet train configs/mnist_mlp.yaml`: 98% test accuracy "
-                  f"{'after %.1f s' % cli['time_to_98_s'] if cli['time_to_98_s'] else 'never reached'} "
+                  f"{_reached(cli['time_to_98_s'])} "
                   f"from the command's start; finished in {cli['train_total_s']:.1f} s at "
                   f"{cli['final_test_acc']:.2f}%; peak RSS {cli['train_peak_mb']:.0f} MB. "
                   f"`bpnet --help` {cli['help_s']:.3f} s; start of `bpnet train` to its first batch "
                   f"(warm caches) {cli['overhead_s']:.2f} s."]
         if "cold_train_total_s" in cli:
-            cold = cli["cold_time_to_98_s"]
             lines[-1] += (f" First run, with an empty kernel cache (compiling included): 98% "
-                          f"{'after %.1f s' % cold if cold else 'never reached'}; finished in "
+                          f"{_reached(cli['cold_time_to_98_s'])}; finished in "
                           f"{cli['cold_train_total_s']:.1f} s.")
     rows = targets(nets, cli)
     if rows:
